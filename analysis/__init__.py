@@ -1,0 +1,1 @@
+"""Attribution of gains to the components of a training recipe."""

@@ -1,0 +1,409 @@
+"""Typed configuration of one training run, built from nested dictionaries.
+
+Every component of the Perch 2.0 recipe is a field here, and a study varies
+these fields. A config is a tree of frozen dataclasses, so it is hashable,
+printable and serialisable, and a dotted path such as ``mixup.max_sources``
+names each leaf. Values that Perch 2.0 does not publish are options with the
+defaults documented next to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from typing import Any
+
+from pipeline import presets
+
+
+class ConfigError(ValueError):
+    """A configuration value or combination that cannot be trained."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the recordings are and how the manifest describes them."""
+
+    # Folder with the audio files, flat or one folder per class. A relative
+    # path is resolved against the folder of the study file.
+    root: str = "../shared/data/insectset32"
+    # Manifest files (CSV or Parquet) relative to `root`. Rows of several
+    # manifests are concatenated.
+    manifests: tuple[str, ...] = ("Cicadidae.csv", "Orthoptera.csv")
+    file_column: str = "file_name"
+    label_column: str = "species"
+    split_column: str = "data_set"
+    # Column naming the collection a recording came from. When empty, the
+    # stem of the manifest file is the source.
+    source_column: str = ""
+    # Column with secondary (background) labels, separated by spaces or
+    # semicolons. Empty means the manifest has none.
+    secondary_column: str = ""
+    train_split: str = "train"
+    eval_split: str = "test"
+    # Decoded audio is cached here. Empty means `<runs folder>/cache`.
+    cache_dir: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioConfig:
+    """Sample rate and window length of the model input."""
+
+    sample_rate_hz: int = 32_000
+    window_seconds: float = 5.0
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.sample_rate_hz * self.window_seconds))
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendConfig:
+    """Log-mel frontend. Defaults follow the Perch 2.0 reference frontend."""
+
+    frame_length: int = 640  # Hann window, 20 ms at 32 kHz
+    hop_length: int = 320  # 10 ms at 32 kHz
+    fft_size: int = 1024
+    mel_bins: int = 128
+    min_frequency_hz: float = 60.0
+    max_frequency_hz: float = 16_000.0
+    # Output is `log_scale * log(max(magnitude, log_floor))`. The reference
+    # code uses a floor of 1e-2; other descriptions give 1e-5.
+    log_floor: float = 1e-2
+    log_scale: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Backbone preset. See `pipeline.models.PRESETS` for the choices."""
+
+    backbone: str = "tiny"
+    dropout_rate: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MixupConfig:
+    """Generalized multi-source mixup.
+
+    The number of mixed windows is N = 1 + BetaBinomial(max_sources - 1,
+    alpha, beta); gains come from a symmetric Dirichlet; the mix is
+    sum(w_i x_i) / sqrt(sum(w_i^2)). `max_sources = 1` turns mixup off, and
+    `fixed_sources = true` with `max_sources = 2` is classic pairwise mixup.
+    """
+
+    max_sources: int = 1
+    alpha: float = 1.0
+    beta: float = 1.0
+    # When true, every example mixes exactly `max_sources` windows.
+    fixed_sources: bool = False
+    dirichlet_concentration: float = 1.0
+    # "union": elementwise max of the mixed labels; "weighted": labels
+    # weighted by the normalised gains.
+    label_mode: str = "union"
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceLossConfig:
+    """Self-supervised source prediction: which recording a window came from."""
+
+    enabled: bool = False
+    weight: float = 1.0
+    # Rank of the low-rank projection before the per-recording logits.
+    rank: int = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class PrototypeConfig:
+    """Prototype-learning classifier on the spatial embedding."""
+
+    enabled: bool = False
+    prototypes_per_class: int = 4
+    orthogonality_weight: float = 1.0
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillationConfig:
+    """Self-distillation from the prototype head into the linear head."""
+
+    enabled: bool = False
+    weight: float = 1.0
+    temperature: float = 1.0
+    # Training step at which distillation starts. Perch 2.0 trains about
+    # 300k of 700k steps without it, so the default is 3/7 of the run
+    # when this is negative.
+    start_step: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    """Classification loss and the handling of secondary labels."""
+
+    # "softmax": cross-entropy against 1/k on each of k positives;
+    # "sigmoid": binary cross-entropy per class.
+    loss: str = "softmax"
+    # "positive", "ignore" (masked out of the loss) or "smooth".
+    secondary: str = "ignore"
+    # Target value of a secondary label when `secondary = "smooth"`.
+    secondary_target: float = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowConfig:
+    """How a training window is cut from a recording."""
+
+    # "random" offset, or "peak": centred on an energy peak.
+    selection: str = "random"
+    # Number of loudest peaks a peak window is drawn from.
+    peaks_per_recording: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsetConfig:
+    """Which training recordings a run sees. Evaluation data never changes."""
+
+    sources: tuple[str, ...] = ()
+    # Keep rows whose manifest column `column` has one of `values`.
+    column: str = ""
+    values: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    fraction: float = 1.0
+    min_recordings_per_class: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the schedule of the training loop."""
+
+    steps: int = 600
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    gradient_clip_norm: float = 5.0
+    log_every: int = 25
+    # Threads that read and cut windows.
+    data_threads: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How held-out recordings are cut into windows and scored."""
+
+    # Windows per recording, evenly spaced over its length.
+    max_windows_per_recording: int = 6
+    batch_size: int = 32
+    # "mean" or "max" of window logits gives a recording's score.
+    recording_pooling: str = "mean"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that determines one training run."""
+
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    audio: AudioConfig = AudioConfig()
+    frontend: FrontendConfig = FrontendConfig()
+    model: ModelConfig = ModelConfig()
+    mixup: MixupConfig = MixupConfig()
+    source_loss: SourceLossConfig = SourceLossConfig()
+    prototype: PrototypeConfig = PrototypeConfig()
+    distillation: DistillationConfig = DistillationConfig()
+    labels: LabelConfig = LabelConfig()
+    window: WindowConfig = WindowConfig()
+    subset: SubsetConfig = SubsetConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+_CHOICES = {
+    "mixup.label_mode": ("union", "weighted"),
+    "labels.loss": ("softmax", "sigmoid"),
+    "labels.secondary": ("positive", "ignore", "smooth"),
+    "window.selection": ("random", "peak"),
+    "eval.recording_pooling": ("mean", "max"),
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(path: str, value: Any, annotation: Any) -> Any:
+    """Convert a TOML or JSON value to the field's type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}.")
+        (item_type, _) = typing.get_args(annotation)
+        return tuple(_coerce(f"{path}[{i}]", v, item_type) for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}.")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}.")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}.")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}.")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} at {path}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = _field_types(cls)
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config field {where}{unknown[0]}; "
+            f"valid fields{' of ' + prefix if prefix else ''}: {', '.join(sorted(known))}."
+        )
+    kwargs = {}
+    for name, value in values.items():
+        path = f"{prefix}.{name}" if prefix else name
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a table of fields, got {value!r}.")
+            kwargs[name] = _build(annotation, value, path)
+        else:
+            kwargs[name] = _coerce(path, value, annotation)
+    return cls(**kwargs)
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """Turn {"mixup.max_sources": 2} into {"mixup": {"max_sources": 2}}."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is a value, not a table.")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge two nested dictionaries; values of `override` win."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Build and validate a Config from nested or dotted-key dictionaries."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and "." not in key:
+            nested = merge(nested, {key: value})
+        else:
+            nested = merge(nested, nest({key: value}))
+    config = _build(Config, nested, "")
+    validate(config)
+    return config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Return the config as plain nested dictionaries and lists."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Turn nested dictionaries into dotted keys."""
+    flat = {}
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            flat.update(flatten(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def config_hash(config: Config) -> str:
+    """Return a short, stable hash of everything that determines a run."""
+    text = json.dumps(to_dict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def get_path(config: Config, path: str) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(config: Config) -> None:
+    """Raise ConfigError for values or combinations that cannot be trained."""
+    for path, allowed in _CHOICES.items():
+        value = get_path(config, path)
+        if value not in allowed:
+            raise ConfigError(f"{path}: invalid value {value!r}; expected one of {', '.join(allowed)}.")
+
+    mixup = config.mixup
+    if mixup.max_sources < 1:
+        raise ConfigError(f"mixup.max_sources: must be at least 1 (1 turns mixup off), got {mixup.max_sources}.")
+    if mixup.alpha <= 0 or mixup.beta <= 0:
+        raise ConfigError(f"mixup.alpha and mixup.beta: must be positive, got {mixup.alpha} and {mixup.beta}.")
+    if mixup.dirichlet_concentration <= 0:
+        raise ConfigError(
+            f"mixup.dirichlet_concentration: must be positive, got {mixup.dirichlet_concentration}."
+        )
+    if config.distillation.enabled and not config.prototype.enabled:
+        raise ConfigError(
+            "distillation.enabled = true needs prototype.enabled = true: the prototype head is the "
+            "teacher. Turn the prototype head on or distillation off."
+        )
+    if config.source_loss.rank < 1:
+        raise ConfigError(f"source_loss.rank: must be at least 1, got {config.source_loss.rank}.")
+    if config.prototype.prototypes_per_class < 1:
+        raise ConfigError(
+            f"prototype.prototypes_per_class: must be at least 1, got {config.prototype.prototypes_per_class}."
+        )
+    if not 0.0 < config.subset.fraction <= 1.0:
+        raise ConfigError(f"subset.fraction: must be in (0, 1], got {config.subset.fraction}.")
+    if config.train.steps < 1 or config.train.batch_size < 1:
+        raise ConfigError(
+            f"train.steps and train.batch_size: must be positive, got {config.train.steps} "
+            f"and {config.train.batch_size}."
+        )
+    if config.train.batch_size < mixup.max_sources:
+        raise ConfigError(
+            f"train.batch_size ({config.train.batch_size}) must be at least mixup.max_sources "
+            f"({mixup.max_sources}), because mixup draws its sources from the batch."
+        )
+    if config.audio.sample_rate_hz < 2 * config.frontend.max_frequency_hz:
+        raise ConfigError(
+            f"frontend.max_frequency_hz ({config.frontend.max_frequency_hz}) exceeds the Nyquist "
+            f"frequency of audio.sample_rate_hz ({config.audio.sample_rate_hz})."
+        )
+    if config.model.backbone not in presets.PRESETS:
+        raise ConfigError(
+            f"model.backbone: unknown preset {config.model.backbone!r}; "
+            f"expected one of {', '.join(presets.PRESETS)}."
+        )
+
+
+def distillation_start(config: Config) -> int:
+    """Return the step at which distillation starts."""
+    if config.distillation.start_step >= 0:
+        return config.distillation.start_step
+    return (config.train.steps * 3) // 7
+

@@ -1,0 +1,174 @@
+"""Ray Tune adapter: runs the trials of a study, locally or on a cluster.
+
+The driver decodes the audio once, opens the MLflow parent run, skips the
+trials whose child run already finished (matched by config hash), and hands
+the rest to Ray Tune, one trial per `cpus_per_trial` CPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import time
+import traceback
+from typing import Any
+
+from pipeline import study as study_lib
+from pipeline import tracking
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class StudyResult:
+    """What a `run_study` call did."""
+
+    study_dir: pathlib.Path
+    tracking_uri: str
+    parent_run_id: str
+    skipped: int
+    finished: int
+    failed: list[str]
+    wall_seconds: float
+
+
+def _xla_flags(threads: int) -> str:
+    """Return XLA flags that keep a trial's CPU threads within its share."""
+    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split() if "intra_op" not in flag and "multi_thread_eigen" not in flag]
+    if threads <= 1:
+        flags += ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
+    else:
+        flags += [f"intra_op_parallelism_threads={threads}"]
+    return " ".join(flags)
+
+
+def run_trial(params: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one trial, tracked in its MLflow child run."""
+    import ray
+    from ray import tune
+
+    context = params["context"]
+    payload = params["trial"]
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    os.environ["XLA_FLAGS"] = _xla_flags(max(1, int(cpus)))
+
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", context["compilation_cache"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+    from pipeline import config as config_lib
+    from pipeline import train
+
+    run = tracking.TrialRun(context["tracking_uri"], context["experiment_id"], context["parent_run_id"], payload)
+
+    def report(metrics: dict[str, float], step: int | None) -> None:
+        run.log_metrics(metrics, step)
+        tune.report({**metrics, "step": step if step is not None else -1})
+
+    config = config_lib.from_dict(payload["config"])
+    workdir = pathlib.Path(context["study_dir"]) / "trials" / payload["config_hash"]
+    try:
+        train.train_and_evaluate(
+            config, workdir, report, base_dir=context["base_dir"], cache_dir=context["audio_cache"]
+        )
+    except train.NonFiniteLossError as error:
+        # Divergence is deterministic for a seed, so it is recorded and not retried.
+        run.log_metrics(error.metrics, error.step)
+        run.fail(str(error), error.step)
+        tune.report({"failed": 1.0, "step": error.step})
+        return
+    except BaseException as error:
+        run.fail(f"{type(error).__name__}: {error}\n{traceback.format_exc()[-3000:]}")
+        raise
+    run.finish()
+
+
+def prepare_audio(study: study_lib.Study, cache_dir: pathlib.Path) -> None:
+    """Decode every dataset the study uses once, before trials start."""
+    from pipeline import data
+
+    seen = set()
+    for trial in study.trials:
+        key = (trial.config.data, trial.config.audio.sample_rate_hz)
+        if key in seen:
+            continue
+        seen.add(key)
+        dataset = data.prepare_dataset(trial.config, study.base_dir, cache_dir)
+        print(dataset.report.summary())
+        if dataset.failed:
+            print(f"{len(dataset.failed)} recordings failed to decode and are skipped: {', '.join(dataset.failed)}")
+
+
+def run_study(
+    study: study_lib.Study,
+    runs_root: pathlib.Path,
+    *,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    max_concurrent: int | None = None,
+) -> StudyResult:
+    """Run every unfinished trial of `study` through Ray Tune."""
+    import ray
+    from ray import tune
+
+    began = time.perf_counter()
+    study_dir = (runs_root / study.name).resolve()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or tracking.default_uri(study_dir)
+    audio_cache = runs_root.resolve() / "cache" / "audio"
+    prepare_audio(study, audio_cache)
+
+    experiment_id, parent_run_id = tracking.start_study(
+        uri, study.name, study.factor_levels(), list(study.seeds), study.path, study_dir / "artifacts"
+    )
+    done = tracking.finished_hashes(uri, experiment_id, parent_run_id)
+    pending = [trial for trial in study.trials if trial.config_hash not in done]
+    print(f"Study {study.name}: {len(study.trials)} trials, {len(study.trials) - len(pending)} already finished, {len(pending)} to run.")
+    print(f"MLflow: {uri} (parent run {parent_run_id})")
+    if not pending:
+        tracking.end_study(uri, parent_run_id, failed=0)
+        return StudyResult(study_dir, uri, parent_run_id, len(study.trials), 0, [], time.perf_counter() - began)
+
+    context = {
+        "tracking_uri": uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent_run_id,
+        "study_dir": str(study_dir),
+        "base_dir": str(study.base_dir),
+        "audio_cache": str(audio_cache),
+        "compilation_cache": str(runs_root.resolve() / "cache" / "jax"),
+    }
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    concurrency = max_concurrent or study.max_concurrent_trials or 0
+    trainable = tune.with_resources(run_trial, {"cpu": study.cpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={
+            "trial": tune.grid_search([study_lib.trial_payload(trial) for trial in pending]),
+            "context": context,
+        },
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency or None, reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=study.name,
+            storage_path=str(study_dir / "ray"),
+            failure_config=tune.FailureConfig(max_failures=study.retries),
+            verbose=1,
+        ),
+    )
+    results = tuner.fit()
+    failed = []
+    for result in results:
+        trial_id = result.config["trial"]["trial_id"] if result.config else "?"
+        if result.error is not None or (result.metrics or {}).get("failed"):
+            failed.append(trial_id)
+    tracking.end_study(uri, parent_run_id, failed=len(failed))
+    return StudyResult(
+        study_dir, uri, parent_run_id, len(study.trials) - len(pending), len(pending) - len(failed), failed, time.perf_counter() - began
+    )
