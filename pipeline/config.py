@@ -197,6 +197,8 @@ class EvalConfig:
     batch_size: int = 32
     # "mean" or "max" of window logits gives a recording's score.
     recording_pooling: str = "mean"
+    # Evaluation tasks run after training; see `pipeline.evaluation.TASKS`.
+    tasks: tuple[str, ...] = ("test",)
 
 
 @dataclasses.dataclass(frozen=True)

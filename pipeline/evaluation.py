@@ -6,6 +6,7 @@ The in-domain task scores held-out recordings of the training classes, per
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable
 
 import numpy as np
@@ -59,3 +60,26 @@ def evaluate_in_domain(dataset: data.Dataset, config: Config, predict: Predict, 
     scores[f"eval/{task}/recordings"] = float(len(recordings))
     scores[f"eval/{task}/windows"] = float(len(windows))
     return scores
+
+
+def run_tasks(dataset: data.Dataset, config: Config, predict: Predict, artifacts: pathlib.Path) -> dict[str, float]:
+    """Run every task in `config.eval.tasks`; returns `eval/<task>/<metric>` values.
+
+    Tasks may write files (tables, embeddings) under `artifacts`, which the
+    runner attaches to the trial's MLflow run.
+    """
+    artifacts.mkdir(parents=True, exist_ok=True)
+    scores: dict[str, float] = {}
+    for task in config.eval.tasks:
+        scores.update(TASKS[task](dataset, config, predict, artifacts))
+    return scores
+
+
+def _in_domain_task(dataset: data.Dataset, config: Config, predict: Predict, artifacts: pathlib.Path) -> dict[str, float]:
+    return evaluate_in_domain(dataset, config, predict)
+
+
+# Task name -> function(dataset, config, predict, artifacts folder) -> metrics.
+TASKS: dict[str, Callable[..., dict[str, float]]] = {
+    "test": _in_domain_task,
+}

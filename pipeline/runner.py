@@ -83,6 +83,7 @@ def run_trial(params: dict[str, Any]) -> None:
     except BaseException as error:
         run.fail(f"{type(error).__name__}: {error}\n{traceback.format_exc()[-3000:]}")
         raise
+    run.log_artifacts(workdir)
     run.finish()
 
 

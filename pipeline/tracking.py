@@ -146,6 +146,14 @@ class TrialRun:
         for start in range(0, len(rows), 1000):
             self.client.log_batch(self.run_id, metrics=rows[start : start + 1000])
 
+    def log_artifacts(self, workdir: pathlib.Path) -> None:
+        """Attach the trial's config, final metrics and `artifacts/` folder to its run."""
+        for name in ("config.json", "metrics.json"):
+            if (workdir / name).exists():
+                self.client.log_artifact(self.run_id, str(workdir / name))
+        if (workdir / "artifacts").is_dir() and any((workdir / "artifacts").iterdir()):
+            self.client.log_artifacts(self.run_id, str(workdir / "artifacts"), artifact_path="artifacts")
+
     def finish(self) -> None:
         self.client.set_terminated(self.run_id, status="FINISHED")
 

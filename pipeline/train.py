@@ -261,7 +261,8 @@ def train_and_evaluate(
 
     began = time.perf_counter()
     _, predict_fn = jit_functions(model)
-    scores = evaluation.evaluate_in_domain(dataset, config, functools.partial(predict_fn, state.params, state.model_state))
+    predict = functools.partial(predict_fn, state.params, state.model_state)
+    scores = evaluation.run_tasks(dataset, config, predict, workdir / "artifacts")
     scores["time/eval_seconds"] = time.perf_counter() - began
     scores["time/data_seconds"] = data_seconds
 
