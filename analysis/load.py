@@ -11,8 +11,15 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 
-# Metrics that count things rather than score a model.
-_COUNT_SUFFIXES = ("_classes", "/recordings", "/windows")
+# Metrics that count things (classes, recordings, windows, events) rather
+# than score a model, named by the last part of `eval/<task>/<name>`.
+_COUNT_WORDS = ("classes", "recordings", "windows", "soundscapes", "events")
+
+
+def is_count_metric(name: str) -> bool:
+    """Return whether `eval/<task>/<name>` counts items instead of scoring a model."""
+    last = name.rsplit("/", 1)[-1]
+    return any(last == word or last.endswith("_" + word) for word in _COUNT_WORDS)
 
 
 @dataclasses.dataclass
@@ -35,12 +42,22 @@ class StudyRuns:
 
     def metric_names(self) -> list[str]:
         """Return the evaluation metrics, in-domain first."""
-        names = [
-            column
-            for column in self.runs.columns
-            if column.startswith("eval/") and not column.endswith(_COUNT_SUFFIXES)
-        ]
+        names = [column for column in self.runs.columns if column.startswith("eval/") and not is_count_metric(column)]
         return sorted(names, key=lambda name: (not name.startswith("eval/test/"), "window_" in name, name))
+
+    def tasks(self) -> list[str]:
+        """Return the evaluation tasks (`test`, `transfer`, ...) in the order of metric_names."""
+        return list(dict.fromkeys(name.split("/")[1] for name in self.metric_names()))
+
+    def failed_trials(self) -> list[str]:
+        """Return each trial that did not finish, with its status and failure reason."""
+        if not self.runs.height:
+            return []
+        unfinished = self.runs.filter(pl.col("status") != "FINISHED").sort("trial")
+        return [
+            f"{trial} ({status}{': ' + failure.splitlines()[0] if failure else ''})"
+            for trial, status, failure in unfinished.select("trial", "status", "failure").iter_rows()
+        ]
 
     def missing_cells(self) -> list[str]:
         """Return trials that the design asks for but that did not finish."""
@@ -97,3 +114,28 @@ def load_study(study_dir: str | pathlib.Path, tracking_uri: str | None = None) -
         schema={"run_id": pl.String, "trial": pl.String, "cell": pl.String, "status": pl.String, "failure": pl.String, "seed": pl.Int64}
     )
     return StudyRuns(name, uri, parent.info.run_id, factors, seeds, frame)
+
+
+def load_histories(study: StudyRuns, prefixes: tuple[str, ...] = ("train/",)) -> pl.DataFrame:
+    """Return the logged history of every metric under `prefixes`, for every trial.
+
+    Columns: run_id, trial, cell, seed, status, one per factor, then
+    metric, step, value; one row per logged point. MLflow keeps the full
+    history of a metric logged with steps, and `load_study` only the last
+    value, so this asks the tracking store once per run and metric.
+    """
+    client = MlflowClient(study.tracking_uri)
+    keys = [column for column in study.runs.columns if column.startswith(prefixes)]
+    identity = ["run_id", "trial", "cell", "seed", "status", *study.factors]
+    schema = {name: study.runs.schema.get(name, pl.String) for name in identity}
+    schema.update({"metric": pl.String, "step": pl.Int64, "value": pl.Float64})
+    if not study.runs.height:
+        return pl.DataFrame(schema=schema)
+    rows = []
+    for trial in study.runs.select([*identity, *keys]).iter_rows(named=True):
+        for key in keys:
+            if trial[key] is None:
+                continue
+            for point in client.get_metric_history(trial["run_id"], key):
+                rows.append({**{name: trial[name] for name in identity}, "metric": key, "step": point.step, "value": point.value})
+    return pl.DataFrame(rows, schema=schema).sort(["metric", "cell", "seed", "step"])

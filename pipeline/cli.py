@@ -47,7 +47,12 @@ def _run(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     from analysis import report
 
-    output = report.analyze(args.study_dir, args.tracking_uri)
+    study_dir = pathlib.Path(args.study_dir)
+    if study_dir.suffix == ".toml":
+        from pipeline import study as study_lib
+
+        study_dir = pathlib.Path(args.runs) / study_lib.load_study(study_dir).name
+    output = report.analyze(study_dir, args.tracking_uri)
     print(report.format_table(output.effects, ["eval/test/cmap", "eval/test/auroc", "eval/test/top1"]))
     if output.failed:
         print(f"{len(output.failed)} trials did not finish: {', '.join(output.failed)}")
@@ -55,6 +60,41 @@ def _analyze(args: argparse.Namespace) -> int:
         print(f"{len(output.missing)} trials of the design have no finished run: {', '.join(output.missing)}")
     print("Wrote " + ", ".join(str(path) for path in output.files))
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pipeline import progress
+
+    counts, failures = progress.status(args.study_dir, args.tracking_uri)
+    print(f"{pathlib.Path(args.study_dir).name}: {counts.line()}")
+    for failure in failures:
+        print(f"  failed: {failure}")
+    return 0
+
+
+def _tracking_server(args: argparse.Namespace) -> int:
+    import subprocess
+
+    study_dir = pathlib.Path(args.study_dir).resolve()
+    store = study_dir / "mlflow.db"
+    if not store.exists():
+        raise FileNotFoundError(f"no MLflow store at {store}; run the study first or check the folder.")
+    command = [
+        str(pathlib.Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{store}",
+        "--artifacts-destination",
+        (study_dir / "artifacts").as_uri(),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        str(args.workers),
+    ]
+    print(f"Serving {store} at http://{args.host}:{args.port}; use --tracking-uri http://{args.host}:{args.port}")
+    return subprocess.call(command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,9 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     analyze = commands.add_parser("analyze", help="estimate each component's effect from a study's runs")
-    analyze.add_argument("study_dir", help="the study's output folder, such as runs/demo")
+    analyze.add_argument("study_dir", help="the study's output folder, such as runs/demo, or its study file")
+    analyze.add_argument("--runs", default=str(DEFAULT_RUNS), help="folder of all studies, used with a study file (default: runs)")
     analyze.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the study folder's mlflow.db)")
     analyze.set_defaults(handler=_analyze)
+
+    status = commands.add_parser("status", help="print trials done, running and failed of a study, and the time left")
+    status.add_argument("study_dir", help="the study's output folder, such as runs/demo")
+    status.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the study folder's mlflow.db)")
+    status.set_defaults(handler=_status)
+
+    server = commands.add_parser("tracking-server", help="serve a study's MLflow store over HTTP for many trials or the UI")
+    server.add_argument("study_dir", help="the study's output folder, such as runs/demo")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    server.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    server.add_argument("--workers", type=int, default=4, help="server worker processes (default: 4)")
+    server.set_defaults(handler=_tracking_server)
     return parser
 
 

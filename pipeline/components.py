@@ -65,4 +65,37 @@ COMPONENTS: dict[str, dict[str, Overrides]] = {
         "efficientnet_b0": {"model.backbone": "efficientnet_b0"},
         "efficientnet_b3": {"model.backbone": "efficientnet_b3"},
     },
+    # The training components of the two recipes in ablations/, without their
+    # backbone, data and schedule, so that a study can cross the recipe with
+    # those. tests/test_recipes.py checks that these match the recipe files.
+    "recipe": {
+        "perch1_like": {
+            "mixup.max_sources": 2,
+            "mixup.fixed_sources": True,
+            "mixup.alpha": 1.0,
+            "mixup.beta": 1.0,
+            "mixup.label_mode": "union",
+            "prototype.enabled": False,
+            "prototype.prototypes_per_class": 4,
+            "distillation.enabled": False,
+            "source_loss.enabled": False,
+            "source_loss.rank": 512,
+            "labels.loss": "sigmoid",
+            "window.selection": "peak",
+        },
+        "perch2": {
+            "mixup.max_sources": 5,
+            "mixup.fixed_sources": False,
+            "mixup.alpha": 1.0,
+            "mixup.beta": 1.0,
+            "mixup.label_mode": "union",
+            "prototype.enabled": True,
+            "prototype.prototypes_per_class": 4,
+            "distillation.enabled": True,
+            "source_loss.enabled": True,
+            "source_loss.rank": 512,
+            "labels.loss": "softmax",
+            "window.selection": "random",
+        },
+    },
 }

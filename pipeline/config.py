@@ -154,22 +154,31 @@ class LabelConfig:
 class WindowConfig:
     """How a training window is cut from a recording."""
 
-    # "random" offset, or "peak": centred on an energy peak.
+    # "random" offset, or "peak": centred on an energy peak picked by
+    # `pipeline.data.energy_peaks`.
     selection: str = "random"
-    # Number of loudest peaks a peak window is drawn from.
+    # Number of loudest peaks a peak window is drawn from, uniformly.
     peaks_per_recording: int = 5
 
 
 @dataclasses.dataclass(frozen=True)
 class SubsetConfig:
-    """Which training recordings a run sees. Evaluation data never changes."""
+    """Which training recordings a run sees. Evaluation data never changes.
 
+    The filters apply in field order, and an empty filter keeps every row.
+    """
+
+    # Keep recordings from these sources (the manifest stem by default).
     sources: tuple[str, ...] = ()
-    # Keep rows whose manifest column `column` has one of `values`.
+    # Keep rows whose manifest column `column` (a taxon, a site) has one of `values`.
     column: str = ""
     values: tuple[str, ...] = ()
+    # Keep recordings whose primary label is one of these classes.
     classes: tuple[str, ...] = ()
+    # Keep this share of each class's recordings (at least one), drawn with
+    # the run's seed.
     fraction: float = 1.0
+    # Drop classes left with fewer training recordings than this.
     min_recordings_per_class: int = 1
 
 
@@ -188,6 +197,11 @@ class TrainConfig:
     data_threads: int = 1
 
 
+# Names of the evaluation tasks, kept here so that a study file is checked
+# without importing jax; `pipeline.evaluation.TASKS` must register the same.
+EVAL_TASKS = ("test", "transfer", "detection")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """How held-out recordings are cut into windows and scored."""
@@ -197,8 +211,51 @@ class EvalConfig:
     batch_size: int = 32
     # "mean" or "max" of window logits gives a recording's score.
     recording_pooling: str = "mean"
-    # Evaluation tasks run after training; see `pipeline.evaluation.TASKS`.
-    tasks: tuple[str, ...] = ("test",)
+    # Evaluation tasks run after training, from `EVAL_TASKS`: "test" scores
+    # held-out recordings of the training classes, "transfer" fits few-shot
+    # probes on frozen embeddings, "detection" scores windows of soundscapes.
+    tasks: tuple[str, ...] = ("test", "transfer", "detection")
+    # Seed of the probe draws and of the synthetic soundscapes. It is apart
+    # from the run's seed, so every trial of a study is scored on the same
+    # draws and soundscapes.
+    seed: int = 0
+
+    # Few-shot transfer. Probe examples are recordings; each is the mean
+    # embedding of up to this many evenly spaced windows.
+    transfer_windows_per_recording: int = 1
+    # Training recordings per class of each probe; 0 means all of them. A
+    # class with fewer recordings than a shot count uses all it has.
+    transfer_shots: tuple[int, ...] = (1, 4, 8, 16, 0)
+    # Seeded draws of the probe's training recordings per shot count.
+    transfer_draws: int = 5
+    # Inverse L2 strength (scikit-learn's C) of the logistic-regression probe.
+    probe_regularization: float = 1.0
+    # Score of the prototypical probe: "cosine" similarity or "euclidean"
+    # (negative distance) to each class-mean embedding.
+    prototype_distance: str = "cosine"
+
+    # Detection. Annotations of real soundscapes: a CSV (file, start, end,
+    # label), a BEANS detection JSONL, a Raven selection table or a folder
+    # of them. Empty means soundscapes synthesized from held-out test clips.
+    # A relative path is resolved against the working directory.
+    detection_annotations: str = ""
+    # Folder of the soundscape audio; empty means the annotations' folder.
+    detection_audio_root: str = ""
+    # Label column of Raven selection tables.
+    detection_label_column: str = "Annotation"
+    # Window hop over a soundscape, in seconds; windows are
+    # `audio.window_seconds` long.
+    detection_hop_seconds: float = 5.0
+    # An event labels a window when they overlap by at least this many
+    # seconds, or by the whole event when it is shorter.
+    detection_min_overlap_seconds: float = 0.5
+    # Synthetic soundscapes: count, length, events in each, and the range of
+    # each event's signal-to-noise ratio over the background noise in dB.
+    detection_soundscapes: int = 4
+    detection_soundscape_seconds: float = 60.0
+    detection_events_per_soundscape: int = 12
+    detection_min_snr_db: float = 0.0
+    detection_max_snr_db: float = 20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +284,7 @@ _CHOICES = {
     "labels.secondary": ("positive", "ignore", "smooth"),
     "window.selection": ("random", "peak"),
     "eval.recording_pooling": ("mean", "max"),
+    "eval.prototype_distance": ("cosine", "euclidean"),
 }
 
 
@@ -368,19 +426,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"mixup.dirichlet_concentration: must be positive, got {mixup.dirichlet_concentration}."
         )
-    if config.distillation.enabled and not config.prototype.enabled:
-        raise ConfigError(
-            "distillation.enabled = true needs prototype.enabled = true: the prototype head is the "
-            "teacher. Turn the prototype head on or distillation off."
-        )
-    if config.source_loss.rank < 1:
-        raise ConfigError(f"source_loss.rank: must be at least 1, got {config.source_loss.rank}.")
-    if config.prototype.prototypes_per_class < 1:
-        raise ConfigError(
-            f"prototype.prototypes_per_class: must be at least 1, got {config.prototype.prototypes_per_class}."
-        )
-    if not 0.0 < config.subset.fraction <= 1.0:
-        raise ConfigError(f"subset.fraction: must be in (0, 1], got {config.subset.fraction}.")
+    _validate_heads(config)
+    _validate_data_components(config)
     if config.train.steps < 1 or config.train.batch_size < 1:
         raise ConfigError(
             f"train.steps and train.batch_size: must be positive, got {config.train.steps} "
@@ -401,6 +448,54 @@ def validate(config: Config) -> None:
             f"model.backbone: unknown preset {config.model.backbone!r}; "
             f"expected one of {', '.join(presets.PRESETS)}."
         )
+    validate_eval(config)
+
+
+def validate_eval(config: Config) -> None:
+    """Raise ConfigError for evaluation settings that cannot be run."""
+    settings = config.eval
+    for task in settings.tasks:
+        if task not in EVAL_TASKS:
+            raise ConfigError(f"eval.tasks: unknown task {task!r}; valid tasks: {', '.join(EVAL_TASKS)}.")
+    if len(set(settings.tasks)) != len(settings.tasks):
+        raise ConfigError(f"eval.tasks: {list(settings.tasks)} names a task twice; list each task once.")
+
+    counts = {
+        "eval.max_windows_per_recording": settings.max_windows_per_recording,
+        "eval.batch_size": settings.batch_size,
+        "eval.transfer_windows_per_recording": settings.transfer_windows_per_recording,
+        "eval.transfer_draws": settings.transfer_draws,
+        "eval.detection_soundscapes": settings.detection_soundscapes,
+        "eval.detection_events_per_soundscape": settings.detection_events_per_soundscape,
+    }
+    for path, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"{path}: must be at least 1, got {value}.")
+    if not settings.transfer_shots or min(settings.transfer_shots) < 0:
+        raise ConfigError(
+            f"eval.transfer_shots: expected shot counts of 0 (all recordings) or more, got "
+            f"{list(settings.transfer_shots)}."
+        )
+    if len(set(settings.transfer_shots)) != len(settings.transfer_shots):
+        raise ConfigError(f"eval.transfer_shots: {list(settings.transfer_shots)} names a shot count twice.")
+    if settings.probe_regularization <= 0:
+        raise ConfigError(f"eval.probe_regularization: must be positive, got {settings.probe_regularization}.")
+
+    if settings.detection_hop_seconds <= 0 or settings.detection_min_overlap_seconds <= 0:
+        raise ConfigError(
+            f"eval.detection_hop_seconds and eval.detection_min_overlap_seconds: must be positive, got "
+            f"{settings.detection_hop_seconds} and {settings.detection_min_overlap_seconds}."
+        )
+    if settings.detection_soundscape_seconds < config.audio.window_seconds:
+        raise ConfigError(
+            f"eval.detection_soundscape_seconds ({settings.detection_soundscape_seconds}) is shorter than "
+            f"one window (audio.window_seconds = {config.audio.window_seconds}); make it longer."
+        )
+    if settings.detection_min_snr_db > settings.detection_max_snr_db:
+        raise ConfigError(
+            f"eval.detection_min_snr_db ({settings.detection_min_snr_db}) exceeds "
+            f"eval.detection_max_snr_db ({settings.detection_max_snr_db})."
+        )
 
 
 def distillation_start(config: Config) -> int:
@@ -409,3 +504,55 @@ def distillation_start(config: Config) -> int:
         return config.distillation.start_step
     return (config.train.steps * 3) // 7
 
+
+def _validate_heads(config: Config) -> None:
+    """Check the prototype head, distillation and source-prediction settings."""
+    if config.distillation.enabled and not config.prototype.enabled:
+        raise ConfigError(
+            "distillation.enabled = true needs prototype.enabled = true: the prototype head is the "
+            "teacher. Turn the prototype head on or distillation off."
+        )
+    for path in (
+        "source_loss.weight",
+        "prototype.weight",
+        "prototype.orthogonality_weight",
+        "distillation.weight",
+    ):
+        if get_path(config, path) < 0:
+            raise ConfigError(f"{path}: must be zero or positive, got {get_path(config, path)}.")
+    if config.source_loss.rank < 1:
+        raise ConfigError(f"source_loss.rank: must be at least 1, got {config.source_loss.rank}.")
+    if config.prototype.prototypes_per_class < 1:
+        raise ConfigError(
+            f"prototype.prototypes_per_class: must be at least 1, got {config.prototype.prototypes_per_class}."
+        )
+    if config.distillation.temperature <= 0:
+        raise ConfigError(f"distillation.temperature: must be positive, got {config.distillation.temperature}.")
+    if config.distillation.enabled and config.distillation.start_step >= config.train.steps:
+        raise ConfigError(
+            f"distillation.start_step ({config.distillation.start_step}) is not below train.steps "
+            f"({config.train.steps}), so distillation would never run. Lower distillation.start_step, "
+            "set it to -1 (3/7 of the run), or turn distillation off."
+        )
+
+
+def _validate_data_components(config: Config) -> None:
+    """Check the label, window and training-subset settings."""
+    if not 0.0 <= config.labels.secondary_target <= 1.0:
+        raise ConfigError(f"labels.secondary_target: must be in [0, 1], got {config.labels.secondary_target}.")
+    if config.window.peaks_per_recording < 1:
+        raise ConfigError(
+            f"window.peaks_per_recording: must be at least 1, got {config.window.peaks_per_recording}."
+        )
+    subset = config.subset
+    if bool(subset.column) != bool(subset.values):
+        raise ConfigError(
+            f"subset.column ({subset.column!r}) and subset.values ({list(subset.values)}) must be set "
+            "together: name a manifest column and the values of it to keep, or leave both empty."
+        )
+    if not 0.0 < subset.fraction <= 1.0:
+        raise ConfigError(f"subset.fraction: must be in (0, 1], got {subset.fraction}.")
+    if subset.min_recordings_per_class < 1:
+        raise ConfigError(
+            f"subset.min_recordings_per_class: must be at least 1, got {subset.min_recordings_per_class}."
+        )

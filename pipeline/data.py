@@ -98,6 +98,13 @@ def prepare_dataset(config: Config, base_dir: pathlib.Path, cache_dir: pathlib.P
     train_rows = recordings.filter(pl.col("split") == config.data.train_split)
     train_rows = apply_subset(train_rows, config.subset, config.seed)
     evaluation = store_index[splits == config.data.eval_split]
+    single = train_rows.group_by("label").len().filter(pl.col("len") == 1)["label"].to_list()
+    if single:
+        log.warning(
+            "%d classes have a single training recording, so every window of them comes from it: %s",
+            len(single),
+            ", ".join(sorted(single)),
+        )
     for name, indices, split in (
         ("training", train_rows, config.data.train_split),
         ("evaluation", evaluation, config.data.eval_split),
@@ -121,8 +128,15 @@ def prepare_dataset(config: Config, base_dir: pathlib.Path, cache_dir: pathlib.P
 
 
 def apply_subset(rows: pl.DataFrame, subset: SubsetConfig, seed: int) -> pl.DataFrame:
-    """Keep the training rows a data-subset config selects."""
+    """Keep the training rows a data-subset config selects.
+
+    Filters apply in this order: sources, manifest column, class list,
+    fraction of each class's recordings, minimum recordings per class. A
+    source, value or class that no training row has raises ConfigError, since
+    it is most likely a typo that would silently change the experiment.
+    """
     if subset.sources:
+        _check_known("subset.sources", subset.sources, rows["source"])
         rows = rows.filter(pl.col("source").is_in(list(subset.sources)))
     if subset.column:
         if subset.column not in rows.columns:
@@ -130,40 +144,73 @@ def apply_subset(rows: pl.DataFrame, subset: SubsetConfig, seed: int) -> pl.Data
                 f"subset.column: the manifest has no column {subset.column!r}; "
                 f"its columns are {', '.join(rows.columns)}."
             )
+        column = rows[subset.column].cast(pl.String)
+        _check_known("subset.values", subset.values, column)
         rows = rows.filter(pl.col(subset.column).cast(pl.String).is_in(list(subset.values)))
     if subset.classes:
+        _check_known("subset.classes", subset.classes, rows["label"])
         rows = rows.filter(pl.col("label").is_in(list(subset.classes)))
     if subset.fraction < 1.0:
-        # Recordings are drawn per class, so that every class keeps about the
-        # same share; the draw depends on the seed only.
-        rng = np.random.default_rng([seed, 0x5EB])
-        keep = []
-        for _, group in rows.group_by("label", maintain_order=True):
-            count = max(1, int(round(subset.fraction * group.height)))
-            keep.extend(rng.choice(group["store_index"].to_numpy(), size=count, replace=False).tolist())
-        rows = rows.filter(pl.col("store_index").is_in(keep))
+        rows = _sample_fraction(rows, subset.fraction, seed)
+
     counts = rows.group_by("label").len()
     too_few = counts.filter(pl.col("len") < subset.min_recordings_per_class)["label"].to_list()
     if too_few:
+        log.info(
+            "Dropping %d classes with fewer than %d training recordings: %s",
+            len(too_few),
+            subset.min_recordings_per_class,
+            ", ".join(sorted(too_few)),
+        )
         rows = rows.filter(~pl.col("label").is_in(too_few))
     if rows.height == 0:
-        raise ConfigError("the training subset is empty; loosen subset.sources, subset.values, subset.classes or subset.fraction.")
+        raise ConfigError(
+            "the training subset is empty; loosen subset.sources, subset.values, subset.classes, "
+            "subset.fraction or subset.min_recordings_per_class."
+        )
     return rows.sort("store_index")
 
 
-def energy_peaks(samples: np.ndarray, sample_rate_hz: int, count: int) -> np.ndarray:
-    """Return the sample positions of the `count` loudest energy peaks.
+def _check_known(path: str, requested: tuple[str, ...], available: pl.Series) -> None:
+    known = set(available.drop_nulls().to_list())
+    unknown = [value for value in requested if value not in known]
+    if unknown:
+        raise ConfigError(
+            f"{path}: no remaining training recording has {', '.join(map(repr, unknown))}; "
+            f"known values: {', '.join(sorted(known))}."
+        )
 
-    Energy is the mean square over 100 ms frames, smoothed over 0.5 s. Peaks
-    are picked greedily from the loudest frame down, each at least 2.5 s
-    (half a window) from the ones already picked.
+
+def _sample_fraction(rows: pl.DataFrame, fraction: float, seed: int) -> pl.DataFrame:
+    """Keep `fraction` of each class's recordings, at least one, drawn with `seed`.
+
+    Drawing per class keeps every class's share about the same.
+    """
+    rng = np.random.default_rng([seed, 0x5EB])
+    keep = []
+    for _, group in rows.sort("store_index").group_by("label", maintain_order=True):
+        count = max(1, int(round(fraction * group.height)))
+        keep.extend(rng.choice(group["store_index"].to_numpy(), size=count, replace=False).tolist())
+    return rows.filter(pl.col("store_index").is_in(keep))
+
+
+def energy_peaks(samples: np.ndarray, sample_rate_hz: int, count: int) -> np.ndarray:
+    """Return the sample positions of up to `count` energy peaks, loudest first.
+
+    The rule: energy is the mean square over 100 ms frames, smoothed by a
+    moving average over 5 frames (0.5 s). Peaks are picked greedily from the
+    loudest smoothed frame down, each at least 2.5 s (half of a 5 s window)
+    from the ones already picked, and a peak's position is its frame's
+    centre. A recording shorter than one frame has one peak, at its middle.
     """
     frame = max(1, sample_rate_hz // 10)
     frames = len(samples) // frame
     if frames == 0:
         return np.array([len(samples) // 2])
-    energy = np.square(samples[: frames * frame].reshape(frames, frame)).mean(axis=1)
-    energy = np.convolve(energy, np.ones(5) / 5, mode="same")
+    energy = np.square(samples[: frames * frame].reshape(frames, frame)).mean(axis=1)  # [frames]
+    padded = np.pad(energy, 2, mode="edge")
+    energy = np.convolve(padded, np.ones(5) / 5, mode="valid")  # [frames]
+
     separation = 25  # frames of 100 ms
     peaks: list[int] = []
     for candidate in np.argsort(-energy, kind="stable"):

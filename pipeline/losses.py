@@ -14,15 +14,18 @@ _MASKED_LOGIT = -1e9
 def label_targets(labels: jax.Array, secondary: jax.Array, config: LabelConfig) -> tuple[jax.Array, jax.Array]:
     """Return per-class targets and a loss mask from primary and secondary labels.
 
-    Secondary labels are positives, smoothed positives, or masked out of the
-    loss, as `config.secondary` says. Shapes are [batch, classes].
+    Secondary labels are positives, smoothed positives (`secondary_target`
+    times the label), or masked out of the loss, as `config.secondary` says.
+    A class that is also a primary label keeps its primary target. Labels may
+    be fractional after gain-weighted mixup, but the mask is always 0 or 1.
+    Shapes are [batch, classes].
     """
-    secondary_only = secondary * (1.0 - jnp.minimum(labels, 1.0))
+    secondary_only = jnp.where(labels > 0, 0.0, secondary)
     if config.secondary == "positive":
         return jnp.maximum(labels, secondary_only), jnp.ones_like(labels)
     if config.secondary == "smooth":
         return jnp.maximum(labels, config.secondary_target * secondary_only), jnp.ones_like(labels)
-    return labels, 1.0 - secondary_only
+    return labels, jnp.where(secondary_only > 0, 0.0, 1.0)
 
 
 def softmax_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -59,7 +62,8 @@ def distillation_loss(student: jax.Array, teacher: jax.Array, temperature: float
 
     The teacher is a stop-gradient target, so this term trains the student
     only. Softmax heads compare tempered distributions; sigmoid heads compare
-    per-class probabilities.
+    per-class probabilities. NOTE: the loss is not rescaled by the squared
+    temperature, so a temperature above 1 also shrinks its gradients.
     """
     teacher = jax.lax.stop_gradient(teacher) / temperature
     student = student / temperature

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import polars as pl
 from sklearn import metrics as sk_metrics
 
 
@@ -26,8 +27,10 @@ def per_class_average_precision(scores: np.ndarray, labels: np.ndarray) -> np.nd
     binary = labels > 0
     keep = _scorable(binary, need_negative=False)
     result = np.full(labels.shape[1], np.nan)
-    for index in np.flatnonzero(keep):
-        result[index] = sk_metrics.average_precision_score(binary[:, index], scores[:, index])
+    if keep.any():
+        # One call for all classes: scikit-learn's input checks cost more
+        # than the score itself on small tables.
+        result[keep] = sk_metrics.average_precision_score(binary[:, keep], scores[:, keep], average=None)
     return result
 
 
@@ -36,8 +39,8 @@ def per_class_auroc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     binary = labels > 0
     keep = _scorable(binary, need_negative=True)
     result = np.full(labels.shape[1], np.nan)
-    for index in np.flatnonzero(keep):
-        result[index] = sk_metrics.roc_auc_score(binary[:, index], scores[:, index])
+    if keep.any():
+        result[keep] = sk_metrics.roc_auc_score(binary[:, keep], scores[:, keep], average=None)
     return result
 
 
@@ -56,17 +59,60 @@ def _nanmean(values: np.ndarray) -> float:
         return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
+def summarize(average_precision: np.ndarray, auroc: np.ndarray, top1: float) -> dict[str, float]:
+    """Return cmAP, macro AUROC, top-1 and the number of classes each mean covers."""
+    return {
+        "cmap": _nanmean(average_precision),
+        "auroc": _nanmean(auroc),
+        "top1": top1,
+        "cmap_classes": float(np.isfinite(average_precision).sum()),
+        "auroc_classes": float(np.isfinite(auroc).sum()),
+    }
+
+
 def classification_scores(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Return cmAP, macro AUROC, top-1 and the number of classes each averages over.
 
     `scores` and `labels` are [examples, classes]; labels are multi-hot.
     """
+    return summarize(per_class_average_precision(scores, labels), per_class_auroc(scores, labels), top1_accuracy(scores, labels))
+
+
+def classification_report(
+    scores: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> tuple[dict[str, float], pl.DataFrame]:
+    """Return the scores of `classification_scores` and the table of `per_class_table`, computed once."""
     average_precision = per_class_average_precision(scores, labels)
     auroc = per_class_auroc(scores, labels)
-    return {
-        "cmap": _nanmean(average_precision),
-        "auroc": _nanmean(auroc),
-        "top1": top1_accuracy(scores, labels),
-        "cmap_classes": float(np.isfinite(average_precision).sum()),
-        "auroc_classes": float(np.isfinite(auroc).sum()),
-    }
+    table = pl.DataFrame(
+        {
+            "class": list(classes),
+            "positives": (labels > 0).sum(axis=0).astype(np.int64),
+            "average_precision": average_precision,
+            "auroc": auroc,
+        }
+    ).with_columns(pl.col("average_precision", "auroc").fill_nan(None))
+    return summarize(average_precision, auroc, top1_accuracy(scores, labels)), table
+
+
+def per_class_table(scores: np.ndarray, labels: np.ndarray, classes: list[str]) -> pl.DataFrame:
+    """Return one row per class: positives, average precision and ROC AUC.
+
+    `scores` and `labels` are [examples, classes]; a class without a
+    positive (or without a negative, for ROC AUC) has a null score.
+    """
+    return classification_report(scores, labels, classes)[1]
+
+
+def mean_and_spread(values: list[float]) -> tuple[float, float]:
+    """Return the mean and the sample standard deviation of repeated scores.
+
+    One value has no spread, so its deviation is 0. NaN values (a draw with
+    no scorable class) are left out of both.
+    """
+    finite = np.asarray([value for value in values if np.isfinite(value)], np.float64)
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    if finite.size == 1:
+        return float(finite[0]), 0.0
+    return float(finite.mean()), float(finite.std(ddof=1))

@@ -15,8 +15,8 @@ import time
 import traceback
 from typing import Any
 
+from pipeline import progress, tracking
 from pipeline import study as study_lib
-from pipeline import tracking
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ def run_trial(params: dict[str, Any]) -> None:
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     os.environ["XLA_FLAGS"] = _xla_flags(max(1, int(cpus)))
 
+    # The persistent compilation cache lets trials of the same program
+    # shape reuse one compilation. It is configured through the environment
+    # so that it holds however jax was first imported in this worker.
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = context["compilation_cache"]
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
     import jax
 
     jax.config.update("jax_compilation_cache_dir", context["compilation_cache"])
@@ -69,10 +74,19 @@ def run_trial(params: dict[str, Any]) -> None:
         tune.report({**metrics, "step": step if step is not None else -1})
 
     config = config_lib.from_dict(payload["config"])
-    workdir = pathlib.Path(context["study_dir"]) / "trials" / payload["config_hash"]
+    study_dir = pathlib.Path(context["study_dir"])
+    workdir = study_dir / "trials" / payload["config_hash"]
+    checkpoint = None
+    if context["checkpoint_every"] > 0:
+        checkpoint = train.CheckpointOptions(
+            every_steps=context["checkpoint_every"],
+            keep=context["keep_checkpoints"],
+            budget_folder=study_dir / "trials",
+            budget_bytes=context["disk_budget_bytes"],
+        )
     try:
         train.train_and_evaluate(
-            config, workdir, report, base_dir=context["base_dir"], cache_dir=context["audio_cache"]
+            config, workdir, report, base_dir=context["base_dir"], cache_dir=context["audio_cache"], checkpoint=checkpoint
         )
     except train.NonFiniteLossError as error:
         # Divergence is deterministic for a seed, so it is recorded and not retried.
@@ -103,6 +117,42 @@ def prepare_audio(study: study_lib.Study, cache_dir: pathlib.Path) -> None:
             print(f"{len(dataset.failed)} recordings failed to decode and are skipped: {', '.join(dataset.failed)}")
 
 
+def check_output_folder(folder: pathlib.Path) -> None:
+    """Raise ConfigError unless `folder` can be created and written."""
+    from pipeline.config import ConfigError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write the study output folder {folder}: {error.strerror or error}. "
+            "Pass --runs with a writable folder."
+        ) from error
+
+
+def check_tracking_uri(uri: str, timeout_seconds: float = 5.0) -> None:
+    """Raise ConfigError if a tracking server does not answer its health check."""
+    import urllib.error
+    import urllib.request
+
+    from pipeline.config import ConfigError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_seconds) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigError(
+            f"the MLflow tracking server at {uri} is unreachable ({reason}). Start one with "
+            "`ablate tracking-server runs/<study>` or fix --tracking-uri / MLFLOW_TRACKING_URI."
+        ) from error
+
+
 def run_study(
     study: study_lib.Study,
     runs_root: pathlib.Path,
@@ -117,13 +167,17 @@ def run_study(
 
     began = time.perf_counter()
     study_dir = (runs_root / study.name).resolve()
-    study_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(study_dir)
     uri = tracking_uri or tracking.default_uri(study_dir)
+    check_tracking_uri(uri)
     audio_cache = runs_root.resolve() / "cache" / "audio"
     prepare_audio(study, audio_cache)
 
+    # A tracking server stores artifacts where it was told to; a local store
+    # keeps them in the study folder.
+    artifact_root = None if uri.startswith(("http://", "https://")) else study_dir / "artifacts"
     experiment_id, parent_run_id = tracking.start_study(
-        uri, study.name, study.factor_levels(), list(study.seeds), study.path, study_dir / "artifacts"
+        uri, study.name, study.factor_levels(), list(study.seeds), study.path, artifact_root
     )
     done = tracking.finished_hashes(uri, experiment_id, parent_run_id)
     pending = [trial for trial in study.trials if trial.config_hash not in done]
@@ -141,6 +195,9 @@ def run_study(
         "base_dir": str(study.base_dir),
         "audio_cache": str(audio_cache),
         "compilation_cache": str(runs_root.resolve() / "cache" / "jax"),
+        "checkpoint_every": study.checkpoint_every,
+        "keep_checkpoints": study.keep_checkpoints,
+        "disk_budget_bytes": int(study.disk_budget_mb * 1e6),
     }
     if not ray.is_initialized():
         if address:
@@ -148,6 +205,9 @@ def run_study(
         else:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     concurrency = max_concurrent or study.max_concurrent_trials or 0
+    slots = int(ray.cluster_resources().get("CPU", 1) // study.cpus_per_trial)
+    slots = min(slots, concurrency) if concurrency else slots
+    callback = progress.StudyProgress(len(study.trials), len(study.trials) - len(pending), max(1, slots))
     trainable = tune.with_resources(run_trial, {"cpu": study.cpus_per_trial})
     tuner = tune.Tuner(
         trainable,
@@ -160,7 +220,8 @@ def run_study(
             name=study.name,
             storage_path=str(study_dir / "ray"),
             failure_config=tune.FailureConfig(max_failures=study.retries),
-            verbose=1,
+            callbacks=[callback],
+            verbose=0,
         ),
     )
     results = tuner.fit()

@@ -27,6 +27,9 @@ _STUDY_FIELDS = {
     "cpus_per_trial",
     "max_concurrent_trials",
     "retries",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "disk_budget_mb",
 }
 _DESIGNS = ("full_factorial",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -74,6 +77,11 @@ class Study:
     cpus_per_trial: float
     max_concurrent_trials: int
     retries: int
+    # Steps between checkpoints (0: none), checkpoints kept per trial, and
+    # the most disk the study folder may use for them (0: no limit).
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    disk_budget_mb: float = 0.0
 
     @property
     def base_dir(self) -> pathlib.Path:
@@ -214,10 +222,26 @@ def load_study(path: str | pathlib.Path) -> Study:
         seeds=seeds,
         design=design,
         trials=trials,
-        cpus_per_trial=float(header.get("cpus_per_trial", 1)),
-        max_concurrent_trials=int(header.get("max_concurrent_trials", 0)),
-        retries=int(header.get("retries", 1)),
+        cpus_per_trial=_cpus(header.get("cpus_per_trial", 1)),
+        max_concurrent_trials=_non_negative(header, "max_concurrent_trials", 0),
+        retries=_non_negative(header, "retries", 1),
+        checkpoint_every=_non_negative(header, "checkpoint_every", 100),
+        keep_checkpoints=max(1, _non_negative(header, "keep_checkpoints", 2)),
+        disk_budget_mb=float(_non_negative(header, "disk_budget_mb", 0)),
     )
+
+
+def _cpus(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"study.cpus_per_trial: expected a positive number, got {value!r}.")
+    return float(value)
+
+
+def _non_negative(header: dict[str, Any], field: str, default: int) -> int:
+    value = header.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"study.{field}: expected a number of at least 0, got {value!r}.")
+    return int(value)
 
 
 def _expand(factors: tuple[Factor, ...], seeds: tuple[int, ...], base: dict[str, Any]) -> tuple[Trial, ...]:

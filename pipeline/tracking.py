@@ -103,6 +103,7 @@ class TrialRun:
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, payload: dict[str, Any]):
         self.client = MlflowClient(uri)
         self.run_id = self._open(experiment_id, parent_run_id, payload)
+        self.last_step = 0
 
     def _open(self, experiment_id: str, parent_run_id: str, payload: dict[str, Any]) -> str:
         config_hash = payload["config_hash"]
@@ -137,9 +138,13 @@ class TrialRun:
         return run.info.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int | None) -> None:
+        """Log scalar metrics; final metrics (step None) go at the last step seen."""
+        if step is None:
+            step = self.last_step
+        self.last_step = max(self.last_step, step)
         now = int(time.time() * 1000)
         rows = [
-            Metric(key, float(value), now, step or 0)
+            Metric(key, float(value), now, step)
             for key, value in metrics.items()
             if isinstance(value, (int, float)) and math.isfinite(value)
         ]

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from pipeline import data, evaluation, losses, mixup
+from pipeline import checkpoints, data, evaluation, losses, mixup
 from pipeline.config import Config, distillation_start, to_dict
 from pipeline.frontend import LogMel
 from pipeline.models import Classifier
@@ -192,11 +192,33 @@ def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
     return {name: float(value) for name, value in jax.device_get(stacked).items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointOptions:
+    """How often a trial saves its state, and how much disk its study may use.
+
+    These do not change what a run computes, so they are not part of Config
+    and do not change its hash.
+    """
+
+    every_steps: int = 100
+    keep: int = 2
+    # Folder whose total size counts against the budget; 0 bytes means no limit.
+    budget_folder: pathlib.Path | None = None
+    budget_bytes: int = 0
+
+
 def train(
-    config: Config, dataset: data.Dataset, report: Report, model: Model, state: TrainState
+    config: Config,
+    dataset: data.Dataset,
+    report: Report,
+    model: Model,
+    state: TrainState,
+    checkpointer: checkpoints.Checkpointer | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
-    """Run the training loop from `state.step` to `config.train.steps`."""
+    """Run the training loop from `state.step` (or the latest checkpoint) to `config.train.steps`."""
     step_fn, _ = jit_functions(model)
+    if checkpointer is not None:
+        state = checkpointer.restore(state) or state
     start = int(state.step)
     batches = data.train_batches(dataset, config, start_step=start)
     history: list[dict[str, jax.Array]] = []
@@ -229,6 +251,9 @@ def train(
             report(last, step + 1)
             interval_start = time.perf_counter()
             interval_examples = 0
+        if checkpointer is not None:
+            checkpointer.maybe_save(step + 1, state, force=step + 1 == config.train.steps)
+    timing["train/resumed_from_step"] = float(start)
     return state, {**last, **timing}
 
 
@@ -239,12 +264,14 @@ def train_and_evaluate(
     *,
     base_dir: str | pathlib.Path = ".",
     cache_dir: str | pathlib.Path | None = None,
+    checkpoint: CheckpointOptions | None = None,
 ) -> dict[str, float]:
     """Train one variant, evaluate it on the held-out split and return final metrics.
 
-    `workdir` receives `config.json` and `metrics.json`. `base_dir` resolves
-    a relative data root, and decoded audio is cached in `cache_dir`
-    (default: `workdir/cache`).
+    `workdir` receives `config.json`, `metrics.json` and, with `checkpoint`
+    options, `checkpoints/`, from which a rerun in the same workdir resumes.
+    `base_dir` resolves a relative data root, and decoded audio is cached in
+    `cache_dir` (default: `workdir/cache`).
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -257,7 +284,20 @@ def train_and_evaluate(
     log.info("Training on %d recordings of %d classes.", len(dataset.train), dataset.num_classes)
 
     model, state = create(config, dataset.num_classes, dataset.num_sources)
-    state, train_metrics = train(config, dataset, report, model, state)
+    checkpointer = None
+    if checkpoint is not None:
+        checkpointer = checkpoints.Checkpointer(
+            workdir / "checkpoints",
+            every_steps=checkpoint.every_steps,
+            keep=checkpoint.keep,
+            budget_folder=checkpoint.budget_folder,
+            budget_bytes=checkpoint.budget_bytes,
+        )
+    try:
+        state, train_metrics = train(config, dataset, report, model, state, checkpointer)
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
 
     began = time.perf_counter()
     _, predict_fn = jit_functions(model)
