@@ -35,10 +35,9 @@ log = logging.getLogger(__name__)
 
 ALPHA = power.ALPHA
 
+# The first eight columns are those of the earlier main-effects table.
 SCHEMA = {
     "metric": pl.String,
-    "kind": pl.String,
-    "family": pl.String,
     "factor": pl.String,
     "level": pl.String,
     "reference": pl.String,
@@ -46,6 +45,8 @@ SCHEMA = {
     "ci_low": pl.Float64,
     "ci_high": pl.Float64,
     "seeds": pl.Int64,
+    "kind": pl.String,
+    "family": pl.String,
     "standard_error": pl.Float64,
     "p_value": pl.Float64,
     "p_holm": pl.Float64,
@@ -54,6 +55,7 @@ SCHEMA = {
     "power": pl.Float64,
     "seeds_needed": pl.Int64,
     "interval": pl.String,
+    "resamples": pl.Int64,
     "basis": pl.String,
     "aliases": pl.String,
     "note": pl.String,
@@ -194,6 +196,7 @@ def attribute_metric(
     resamples: int = bootstrap.DEFAULT_RESAMPLES,
     rng: np.random.Generator | None = None,
     confidence: float = 0.95,
+    min_bootstrap_seeds: int = bootstrap.MIN_BOOTSTRAP_SEEDS,
 ) -> pl.DataFrame:
     """Estimate every estimand of one metric, before Holm adjustment and power."""
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -207,10 +210,23 @@ def attribute_metric(
 
     observed_values = cells.values[observed]  # [observed cells, seeds]
     if np.isfinite(observed_values).all():
-        intervals = bootstrap.paired_intervals(weights @ observed_values, resamples, rng, confidence)
+        per_seed = weights @ observed_values  # [estimable, seeds]
+        intervals = bootstrap.paired_intervals(per_seed, resamples, rng, confidence, min_bootstrap_seeds)
     else:
-        intervals = bootstrap.blocked_intervals(observed_values, weights, resamples, rng, confidence)
+        intervals = bootstrap.blocked_intervals(observed_values, weights, resamples, rng, confidence, min_bootstrap_seeds)
     return _table(metric, estimands, plan, estimable, intervals)
+
+
+def resamples_for_holm(estimands: Estimands, alpha: float = ALPHA) -> int:
+    """Return the resamples at which the bootstrap's smallest p-value survives Holm in the largest family.
+
+    A bootstrap p-value is at least 2 / (resamples + 1), and Holm multiplies
+    the smallest p-value of a family of m by m. With 4 m / alpha resamples,
+    an effect beyond every replicate gets an adjusted p of about alpha / 2.
+    """
+    families = [item.family for item in estimands.items]
+    largest = max((families.count(family) for family in set(families)), default=1)
+    return math.ceil(4 * largest / alpha)
 
 
 def _table(metric: str, estimands: Estimands, plan: Plan, estimable: np.ndarray, intervals: bootstrap.Intervals) -> pl.DataFrame:
@@ -222,7 +238,8 @@ def _table(metric: str, estimands: Estimands, plan: Plan, estimable: np.ndarray,
         if estimable[row]:
             record.update(_interval_fields(intervals, position[row]))
         rows.append(record)
-    return pl.DataFrame(rows, schema=SCHEMA)
+    # Missing numbers are null, never NaN, so that filters and CSVs treat them alike.
+    return pl.DataFrame(rows, schema=SCHEMA).with_columns(pl.col(pl.Float64).fill_nan(None))
 
 
 def _interval_fields(intervals: bootstrap.Intervals, index: int) -> dict:
@@ -236,6 +253,7 @@ def _interval_fields(intervals: bootstrap.Intervals, index: int) -> dict:
         "standard_error": error,
         "p_value": float(intervals.p_value[index]),
         "interval": intervals.method,
+        "resamples": intervals.valid_resamples if intervals.method == bootstrap.BOOTSTRAP_T else None,
     }
     if intervals.seeds < 2:
         fields["note"] = "one seed: no interval; run more seeds"
@@ -271,21 +289,25 @@ def attribute(
     seed: int = 0,
     confidence: float = 0.95,
     power_analysis: bool = True,
+    min_bootstrap_seeds: int = bootstrap.MIN_BOOTSTRAP_SEEDS,
 ) -> pl.DataFrame:
     """Attribute each metric to the study's components; one row per metric and estimand.
 
     `runs` has one row per trial with a column per factor, `seed` and a
     column per metric; rows whose `status` is not FINISHED are ignored.
     The bootstrap draws from a generator seeded with `seed`, so the table
-    is reproducible.
+    is reproducible. `resamples` is raised where the largest Holm family
+    needs more; with fewer than `min_bootstrap_seeds` seeds the intervals
+    are t intervals.
     """
     if "status" in runs.columns:
         runs = runs.filter(pl.col("status") == "FINISHED")
     design = Design(factors)
     estimands = build_estimands(design, kinds)
+    resamples = max(resamples, resamples_for_holm(estimands))
     rng = np.random.default_rng(seed)
     tables = [
-        attribute_metric(runs, design, estimands, metric, resamples, rng, confidence)
+        attribute_metric(runs, design, estimands, metric, resamples, rng, confidence, min_bootstrap_seeds)
         for metric in metrics
         if metric in runs.columns
     ]

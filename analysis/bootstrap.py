@@ -7,26 +7,31 @@ seeds with replacement and keeps all their cells together.
 
 The interval is the studentized (bootstrap-t) interval: the replicates give
 the distribution of (estimate* - estimate) / se*, and its quantiles scale
-the observed standard error. With four to eight seeds the percentile
-interval is too narrow (on normal per-seed contrasts its coverage measured
-0.85 at 5 seeds and 0.88 at 8, against 0.93 to 0.95 for bootstrap-t, in
-1000 simulated studies each). scipy.stats.bootstrap offers percentile,
-basic and BCa intervals but not bootstrap-t, so the resampling is written
-here; with per-seed contrasts it is a single matrix product.
+the observed standard error. p-values come from the same distribution, so
+an interval excludes zero exactly when p < 0.05. scipy.stats.bootstrap
+offers percentile, basic and BCa intervals but not bootstrap-t, so the
+resampling is written here; with per-seed contrasts it is one matrix
+product.
 
-Below MIN_BOOTSTRAP_SEEDS seeds the bootstrap has too few distinct
-replicates (10 with 3 seeds) and its intervals cover about 80% at a
-nominal 95%; there the t interval is used instead and the table says so.
+Why bootstrap-t, and why not below MIN_BOOTSTRAP_SEEDS seeds: in a
+simulation of normal per-seed contrasts (1000 studies per seed count,
+1999 resamples), percentile intervals covered 0.85 at 5 seeds and 0.88 at
+8, against 0.93 to 0.95 for bootstrap-t. With few seeds there are few
+distinct resamples (35 with 4 seeds, 126 with 5), and the bootstrap-t
+intervals, while covering 0.94, were 77% (4 seeds) and 33% (5 seeds) wider
+than t intervals, and erratic. Below MIN_BOOTSTRAP_SEEDS seeds the t
+interval (and t-test p-value) is used instead, and the table says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 from scipy import stats
 
-MIN_BOOTSTRAP_SEEDS = 4
+MIN_BOOTSTRAP_SEEDS = 6
 DEFAULT_RESAMPLES = 1999
 BOOTSTRAP_T = "bootstrap-t"
 T_INTERVAL = "t"
@@ -53,7 +58,11 @@ def seed_draws(seeds: int, resamples: int, rng: np.random.Generator) -> np.ndarr
 
 
 def paired_intervals(
-    per_seed: np.ndarray, resamples: int, rng: np.random.Generator, confidence: float = 0.95
+    per_seed: np.ndarray,
+    resamples: int,
+    rng: np.random.Generator,
+    confidence: float = 0.95,
+    min_seeds: int = MIN_BOOTSTRAP_SEEDS,
 ) -> Intervals:
     """Bootstrap-t intervals for the mean over seeds of each row of `per_seed`.
 
@@ -67,7 +76,7 @@ def paired_intervals(
         missing = np.full(estimands, np.nan)
         return Intervals(estimate, missing, missing, missing, missing, T_INTERVAL, seeds)
     standard_error = per_seed.std(axis=1, ddof=1) / np.sqrt(seeds)
-    if seeds < MIN_BOOTSTRAP_SEEDS:
+    if seeds < max(min_seeds, 2):
         return t_intervals(estimate, standard_error, seeds - 1, seeds, confidence)
 
     counts = seed_draws(seeds, resamples, rng)  # [resamples, seeds]
@@ -97,7 +106,9 @@ def studentized(
     pivots[~(replicate_error > 1e-12 * scale)] = np.nan
 
     tail = (1.0 - confidence) / 2.0
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        # An estimand whose seeds all agree has no usable pivot; its bounds stay NaN.
+        warnings.simplefilter("ignore", RuntimeWarning)
         lower_pivot, upper_pivot = np.nanquantile(pivots, [tail, 1.0 - tail], axis=1)
     low = estimate - upper_pivot * standard_error
     high = estimate - lower_pivot * standard_error
@@ -129,48 +140,54 @@ def t_intervals(
 
 
 def blocked_intervals(
-    values: np.ndarray, weights: np.ndarray, resamples: int, rng: np.random.Generator, confidence: float = 0.95
+    values: np.ndarray,
+    weights: np.ndarray,
+    resamples: int,
+    rng: np.random.Generator,
+    confidence: float = 0.95,
+    min_seeds: int = MIN_BOOTSTRAP_SEEDS,
 ) -> Intervals:
     """Intervals for `weights @ cell means` when some trials are missing.
 
     `values`: [cells, seeds] with NaN for missing trials; `weights`:
     [estimands, cells]. Cell means come from the additive model
     value = cell + seed (seeds as blocks), which keeps the pairing when a
-    seed lacks some cells. Each bootstrap replicate refits that model on
-    the drawn seeds, and a seed drawn twice counts as two blocks.
-    Replicates that lose every trial of a cell are skipped.
+    seed lacks some cells. Standard errors are clustered by seed, which for
+    a complete table equals the paired standard error of the per-seed
+    contrasts. Each bootstrap replicate refits the model on the drawn
+    seeds, and a seed drawn twice counts as two blocks. Replicates that
+    lose every trial of a cell are skipped.
     """
     cells, seeds = values.shape
-    means, covariance, freedom = fit_blocked(values, np.arange(seeds)[None])
-    if not np.isfinite(means).all():
+    estimate, standard_error = fit_blocked(values, np.arange(seeds)[None], weights)
+    if not np.isfinite(estimate).all():
         raise ValueError("the cell-by-seed table is not connected: some cells share no seed with the others.")
-    estimate = weights @ means[0]
-    standard_error = np.sqrt(np.einsum("ec,cd,ed->e", weights, covariance[0], weights))
-    if seeds < MIN_BOOTSTRAP_SEEDS or freedom[0] < 1:
-        return t_intervals(estimate, standard_error, freedom[0], seeds, confidence)
+    estimate, standard_error = estimate[0], standard_error[0]
+    if seeds < max(min_seeds, 2):
+        return t_intervals(estimate, standard_error, seeds - 1, seeds, confidence)
 
     counts = seed_draws(seeds, resamples, rng)  # [resamples, seeds]
     drawn = np.stack([np.repeat(np.arange(seeds), row) for row in counts])  # [resamples, seeds]
-    means, covariance, freedom = fit_blocked(values, drawn)
-    usable = np.isfinite(means).all(axis=1) & (freedom >= 1)
+    # Chunks bound the memory of the batched fit: [chunk, parameters, trials] floats.
+    chunks = [fit_blocked(values, part, weights) for part in np.array_split(drawn, max(1, len(drawn) // 256))]
+    replicates = np.concatenate([chunk[0] for chunk in chunks])
+    replicate_errors = np.concatenate([chunk[1] for chunk in chunks])
+    usable = np.isfinite(replicates).all(axis=1)
     if not usable.any():
-        return t_intervals(estimate, standard_error, freedom[0], seeds, confidence)
-    replicates = weights @ means[usable].T  # [estimands, usable resamples]
-    replicate_errors = np.sqrt(np.einsum("ec,rcd,ed->er", weights, covariance[usable], weights))
-    return studentized(estimate, standard_error, replicates, replicate_errors, seeds, confidence)
+        return t_intervals(estimate, standard_error, seeds - 1, seeds, confidence)
+    return studentized(estimate, standard_error, replicates[usable].T, replicate_errors[usable].T, seeds, confidence)
 
 
-def fit_blocked(values: np.ndarray, drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit value = cell + block by least squares, for a batch of seed draws at once.
+def fit_blocked(values: np.ndarray, drawn: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fit value = cell + block by least squares for a batch of seed draws; estimate `weights @ cell means`.
 
     `values`: [cells, seeds]; `drawn`: [draws, blocks], the seed that fills
-    each block of each draw. Returns per draw the cell means averaged over blocks
-    ([draws, cells]), their covariance ([draws, cells, cells]) and the
-    residual degrees of freedom ([draws]); a draw in which some cell has no
-    trial gets NaN means. Blocks use sum-to-zero coding, so a cell's
-    coefficient is its mean over blocks. Every draw has the same design
-    matrix, and missing trials get zero weight, so one batched solve fits
-    them all.
+    each block of each draw; `weights`: [estimands, cells]. Returns the
+    estimates and their standard errors clustered by block, each [draws,
+    estimands]; a draw in which some cell has no trial gets NaN. Blocks use
+    sum-to-zero coding, so a cell's coefficient is its mean over blocks.
+    Every draw shares one design matrix and missing trials get zero
+    weight, so one batched solve fits all draws.
     """
     cells, _ = values.shape
     draws, blocks = drawn.shape
@@ -178,22 +195,34 @@ def fit_blocked(values: np.ndarray, drawn: np.ndarray) -> tuple[np.ndarray, np.n
     present = np.isfinite(table)
     response = np.where(present, table, 0.0).reshape(draws, -1)  # [draws, trials]
     weight = present.reshape(draws, -1).astype(float)
+    design = _blocked_design(cells, blocks)  # [trials, parameters]
+    parameters = design.shape[1]
 
-    design = np.zeros((cells, blocks, cells + blocks - 1))  # [cells, blocks, parameters]
+    weighted = design.T[None] * weight[:, None, :]  # [draws, parameters, trials]
+    normal = weighted @ design  # [draws, parameters, parameters]
+    estimable = present.any(axis=2).all(axis=1) & (np.linalg.matrix_rank(normal) == parameters)
+    normal[~estimable] = np.eye(parameters)
+    inverse = np.linalg.inv(normal)
+    coefficients = (inverse @ (weighted @ response[:, :, None]))[:, :, 0]  # [draws, parameters]
+    residuals = (response - coefficients @ design.T) * weight  # [draws, trials]
+
+    # Cluster-robust (sandwich) variance: per block, the sum of each trial's
+    # influence on the estimate times its residual.
+    influence = weighted * residuals[:, None, :]  # [draws, parameters, trials]
+    per_block = inverse @ influence.reshape(draws, parameters, cells, blocks).sum(axis=2)  # [draws, parameters, blocks]
+    contrast = np.hstack([weights, np.zeros((len(weights), parameters - cells))])  # [estimands, parameters]
+    scores = contrast @ per_block  # [draws, estimands, blocks]
+    variance = (scores**2).sum(axis=2) * blocks / max(blocks - 1, 1)
+
+    estimates = coefficients[:, :cells] @ weights.T  # [draws, estimands]
+    estimates[~estimable] = np.nan
+    return estimates, np.sqrt(variance)
+
+
+def _blocked_design(cells: int, blocks: int) -> np.ndarray:
+    """Return the [cells * blocks, cells + blocks - 1] design of value = cell + block."""
+    design = np.zeros((cells, blocks, cells + blocks - 1))
     design[np.arange(cells), :, np.arange(cells)] = 1.0
     design[:, np.arange(blocks - 1), cells + np.arange(blocks - 1)] = 1.0
     design[:, blocks - 1, cells:] = -1.0
-    design = design.reshape(cells * blocks, -1)  # [trials, parameters]
-
-    normal = np.einsum("tp,dt,tq->dpq", design, weight, design)  # [draws, parameters, parameters]
-    estimable = present.any(axis=2).all(axis=1) & (np.linalg.matrix_rank(normal) == design.shape[1])
-    normal[~estimable] = np.eye(design.shape[1])
-    inverse = np.linalg.inv(normal)
-    coefficients = np.einsum("dpq,tq,dt,dt->dp", inverse, design, weight, response)
-    residuals = (response - coefficients @ design.T) * weight
-    freedom = weight.sum(axis=1) - design.shape[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        variance = np.where(freedom > 0, (residuals**2).sum(axis=1) / freedom, np.nan)
-    means = np.where(estimable[:, None], coefficients[:, :cells], np.nan)
-    covariance = variance[:, None, None] * inverse[:, :cells, :cells]
-    return means, covariance, freedom.astype(int)
+    return design.reshape(cells * blocks, -1)

@@ -27,7 +27,8 @@ How to read this report:
   seeds. Whole seeds are resampled, so every contrast stays paired by
   seed. With fewer than {bootstrap.MIN_BOOTSTRAP_SEEDS} seeds the
   intervals are t intervals, and the `interval` column says so.
-- p-values come from the same bootstrap and are Holm-adjusted within each
+- p-values come from the same bootstrap (from the t-test where the
+  interval is a t interval) and are Holm-adjusted within each
   metric and family (main effects with interactions; Shapley values;
   Banzhaf values; leave-one-out; add-one-in). An effect is *resolved*, that
   is, told apart from seed noise, when its adjusted p-value is below
@@ -52,7 +53,7 @@ class StudyFacts:
     finished: int
     failed: list[str]
     missing: list[str]
-    resamples: int
+    resamples: int | None  # usable bootstrap resamples; None when every interval is a t interval
 
     @property
     def never_run(self) -> list[str]:
@@ -117,8 +118,7 @@ def _study_section(facts: StudyFacts) -> str:
         f"MLflow store: `{facts.tracking_uri}`. {facts.trials} trials of the design "
         f"({len(facts.seeds)} seeds: {', '.join(map(str, facts.seeds))}); {facts.finished} finished, "
         f"{len(facts.failed)} recorded as not finished, "
-        f"{len(facts.never_run)} with no run in the store. "
-        f"Bootstrap: {facts.resamples} resamples.",
+        f"{len(facts.never_run)} with no run in the store. " + _interval_sentence(facts.resamples),
         "",
         "| factor | levels (reference first) |",
         "|---|---|",
@@ -131,6 +131,12 @@ def _study_section(facts: StudyFacts) -> str:
         lines += ["", "Trials of the design with no run in the store:", ""]
         lines += [f"- {trial}" for trial in facts.never_run]
     return "\n".join(lines)
+
+
+def _interval_sentence(resamples: int | None) -> str:
+    if resamples:
+        return f"Intervals: bootstrap-t with up to {resamples} usable resamples."
+    return f"Intervals: t intervals, because the study has fewer than {bootstrap.MIN_BOOTSTRAP_SEEDS} seeds with values."
 
 
 def _design_section(attribution: pl.DataFrame) -> str:

@@ -70,7 +70,7 @@ def analyze(
         finished=finished.height,
         failed=study.failed_trials(),
         missing=study.missing_cells(),
-        resamples=resamples,
+        resamples=table["resamples"].max(),
     )
     report_path = folder / "report.md"
     report_path.write_text(document.markdown_report(facts, components, table, shares, figures, folder))
@@ -111,7 +111,7 @@ def _draw_figures(folder, study, finished, table, metrics) -> dict[str, list[pat
     figures = {}
     for metric in headline:
         slug = metric.replace("/", "_")
-        baseline = _baseline_value(finished, study.factors, metric)
+        baseline = baseline_value(finished, study.factors, metric)
         if baseline is not None:
             figures[f"Waterfall of {metric}"] = plots.waterfall(table, metric, baseline, figures_dir / f"waterfall_{slug}")
         figures[f"Interactions on {metric}"] = plots.interaction_heatmap(table, metric, figures_dir / f"interactions_{slug}")
@@ -122,7 +122,7 @@ def _draw_figures(folder, study, finished, table, metrics) -> dict[str, list[pat
     return {caption: paths for caption, paths in figures.items() if paths}
 
 
-def _baseline_value(finished: pl.DataFrame, factors: dict[str, list[str]], metric: str) -> float | None:
+def baseline_value(finished: pl.DataFrame, factors: dict[str, list[str]], metric: str) -> float | None:
     """Return the metric's mean over seeds in the baseline cell, or None without one."""
     if metric not in finished.columns:
         return None

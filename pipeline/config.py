@@ -204,27 +204,28 @@ EVAL_TASKS = ("test", "transfer", "detection")
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """How held-out recordings are cut into windows and scored."""
+    """Settings of the evaluation tasks: windows, probes and soundscapes."""
 
     # Windows per recording, evenly spaced over its length.
     max_windows_per_recording: int = 6
     batch_size: int = 32
     # "mean" or "max" of window logits gives a recording's score.
     recording_pooling: str = "mean"
-    # Evaluation tasks run after training, from `EVAL_TASKS`: "test" scores
+    # Evaluation tasks run after training, from `EVAL_TASKS`. "test" scores
     # held-out recordings of the training classes, "transfer" fits few-shot
-    # probes on frozen embeddings, "detection" scores windows of soundscapes.
+    # probes on frozen embeddings, and "detection" scores windows of
+    # soundscapes. An empty list skips evaluation.
     tasks: tuple[str, ...] = ("test", "transfer", "detection")
-    # Seed of the probe draws and of the synthetic soundscapes. It is apart
-    # from the run's seed, so every trial of a study is scored on the same
-    # draws and soundscapes.
+    # Seed of the probe draws and of the synthetic soundscapes. It is
+    # separate from the run's seed, so every trial of a study is scored on
+    # the same draws and soundscapes.
     seed: int = 0
 
-    # Few-shot transfer. Probe examples are recordings; each is the mean
-    # embedding of up to this many evenly spaced windows.
+    # Few-shot transfer. Each probe example is a recording, embedded as the
+    # mean embedding of up to this many evenly spaced windows.
     transfer_windows_per_recording: int = 1
-    # Training recordings per class of each probe; 0 means all of them. A
-    # class with fewer recordings than a shot count uses all it has.
+    # Training recordings per class of each probe, where 0 means all of
+    # them. A class with fewer recordings than a shot count uses all it has.
     transfer_shots: tuple[int, ...] = (1, 4, 8, 16, 0)
     # Seeded draws of the probe's training recordings per shot count.
     transfer_draws: int = 5
@@ -243,7 +244,7 @@ class EvalConfig:
     detection_audio_root: str = ""
     # Label column of Raven selection tables.
     detection_label_column: str = "Annotation"
-    # Window hop over a soundscape, in seconds; windows are
+    # Window hop over a soundscape in seconds. Windows are
     # `audio.window_seconds` long.
     detection_hop_seconds: float = 5.0
     # An event labels a window when they overlap by at least this many

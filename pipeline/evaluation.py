@@ -2,8 +2,8 @@
 
 - "test" scores held-out recordings of the training classes by cmAP, macro
   ROC AUC and top-1, per 5-second window and per recording (window logits
-  pooled by mean or max), with logits restricted to the training classes
-  as BirdSet restricts them to the species of each test set.
+  pooled by mean or max). Logits are restricted to the training classes, as
+  BirdSet restricts them to the species of each test set.
 - "transfer" fits linear and prototypical probes on frozen embeddings of k
   recordings per class over seeded draws (`pipeline.probes`). It probes the
   classes that the training subset left out, or every class when the run
@@ -79,14 +79,15 @@ class WindowEmbedder:
     """Runs `predict` over windows of stored recordings, each window at most once.
 
     `run_tasks` shares one embedder among the tasks of an evaluation, so a
-    window that two tasks score is embedded once. Calling it runs `predict`.
+    window that two tasks score is embedded once. Its cache is keyed by store
+    index, so one embedder serves one dataset. Calling it runs `predict`.
     """
 
     def __init__(self, predict: Predict, batch_size: int):
         self.predict = predict
         self.batch_size = batch_size
-        # (store index, start sample) -> {output name: row}
-        self._rows: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        # (store index, start sample, window samples) -> {output name: row}
+        self._rows: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
 
     def __call__(self, audio: np.ndarray) -> dict:
         return self.predict(audio)
@@ -102,17 +103,17 @@ class WindowEmbedder:
         keys = []
         for index in indices:
             starts = recording_window_starts(dataset.store.length(int(index)), window, windows_per_recording)
-            keys.extend((int(index), int(start)) for start in starts)
+            keys.extend((int(index), int(start), window) for start in starts)
         missing = [key for key in dict.fromkeys(keys) if key not in self._rows]
         if missing:
-            windows = np.stack([dataset.store.segment(index, start, window) for index, start in missing])
+            windows = np.stack([dataset.store.segment(index, start, window) for index, start, _ in missing])
             outputs = embed_windows(self.predict, windows, self.batch_size)
             for row, key in enumerate(missing):
                 self._rows[key] = {name: values[row] for name, values in outputs.items()}
         names = self._rows[keys[0]].keys() if keys else ()
         stacked = {name: np.stack([self._rows[key][name] for key in keys]) for name in names}
-        owners = np.asarray([index for index, _ in keys], np.int64)
-        starts = np.asarray([start for _, start in keys], np.int64)
+        owners = np.asarray([index for index, _, _ in keys], np.int64)
+        starts = np.asarray([start for _, start, _ in keys], np.int64)
         return stacked, owners, starts
 
 
@@ -159,26 +160,29 @@ def evaluate_in_domain(
     """
     classes = task_classes(dataset)
     evaluation = dataset.evaluation[dataset.labels[dataset.evaluation][:, classes].sum(axis=1) > 0]
-    embedder = as_embedder(predict, config)
-    outputs, owners, starts = embedder.recordings(
+    counts = {f"eval/{task}/classes": float(len(classes)), f"eval/{task}/recordings": float(len(evaluation))}
+    if len(evaluation) == 0:
+        log.warning("In-domain task skipped: no evaluation recording belongs to a training class.")
+        return counts
+
+    outputs, owners, starts = as_embedder(predict, config).recordings(
         dataset, evaluation, config.eval.max_windows_per_recording, config.audio.window_samples
     )
     logits = outputs["logits"][:, classes]  # [windows, task classes]
     labels = dataset.labels[owners][:, classes]  # [windows, task classes]
-    recordings, pooled = pool_by_recording(logits, owners, config.eval.recording_pooling)  # [recordings, task classes]
-    recording_labels = dataset.labels[recordings][:, classes]
-
-    scores = _prefixed(task, metrics.classification_scores(logits, labels), "window_")
-    scores.update(_prefixed(task, metrics.classification_scores(pooled, recording_labels)))
-    scores[f"eval/{task}/classes"] = float(len(classes))
-    scores[f"eval/{task}/recordings"] = float(len(recordings))
-    scores[f"eval/{task}/windows"] = float(len(owners))
+    recordings, pooled = pool_by_recording(logits, owners, config.eval.recording_pooling)
+    recording_labels = dataset.labels[recordings][:, classes]  # [recordings, task classes]
 
     class_names = [dataset.classes[index] for index in classes]
+    window_scores, window_table = metrics.classification_report(logits, labels, class_names)
+    recording_scores, recording_table = metrics.classification_report(pooled, recording_labels, class_names)
+    scores = {**_prefixed(task, window_scores, "window_"), **_prefixed(task, recording_scores), **counts}
+    scores[f"eval/{task}/windows"] = float(len(owners))
+
     table = pl.concat(
         [
-            metrics.per_class_table(logits, labels, class_names).with_columns(pl.lit("window").alias("level")),
-            metrics.per_class_table(pooled, recording_labels, class_names).with_columns(pl.lit("recording").alias("level")),
+            window_table.with_columns(level=pl.lit("window")),
+            recording_table.with_columns(level=pl.lit("recording")),
         ]
     )
     write_table(table.select("level", pl.exclude("level")), artifacts, f"{task}_per_class")
@@ -198,7 +202,8 @@ def export_windows(
     """Write one row per window: its recording, label, start, embedding and logits.
 
     The logits cover every class of the model; their order is the JSON list
-    under the Parquet metadata key "classes".
+    under the file's key-value metadata key "classes"
+    (`polars.read_parquet_metadata`).
     """
     rows = dataset.recordings.select("store_index", "path", "label", "split")
     owners_frame = pl.DataFrame({"window": np.arange(len(owners)), "store_index": owners})
@@ -209,7 +214,9 @@ def export_windows(
     table.write_parquet(path, metadata={"classes": json.dumps(dataset.classes)})
 
 
-def _in_domain_task(dataset: data.Dataset, config: Config, predict: Predict, artifacts: pathlib.Path) -> dict[str, float]:
+def _in_domain_task(
+    dataset: data.Dataset, config: Config, predict: Predict, artifacts: pathlib.Path
+) -> dict[str, float]:
     return evaluate_in_domain(dataset, config, predict, "test", artifacts)
 
 
@@ -229,14 +236,16 @@ def probe_classes(dataset: data.Dataset) -> tuple[np.ndarray, bool]:
     return np.arange(dataset.num_classes), False
 
 
-def _probe_recordings(dataset: data.Dataset, config: Config, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _probe_recordings(
+    dataset: data.Dataset, config: Config, classes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Return store indices of the train-split and evaluation recordings of `classes`.
 
     The train split is taken before the training subset, because the
     subset removes the held-out classes that the probes need.
     """
-    train_split = dataset.recordings.filter(pl.col("split") == config.data.train_split)["store_index"].to_numpy()
-    train_split = np.sort(train_split)
+    train_rows = dataset.recordings.filter(pl.col("split") == config.data.train_split)
+    train_split = np.sort(train_rows["store_index"].to_numpy())
     train = train_split[np.isin(primary_class(dataset, train_split), classes)]
     test = dataset.evaluation[np.isin(primary_class(dataset, dataset.evaluation), classes)]
     return train, test
@@ -245,7 +254,7 @@ def _probe_recordings(dataset: data.Dataset, config: Config, classes: np.ndarray
 def _recording_embeddings(
     embedder: WindowEmbedder, dataset: data.Dataset, config: Config, indices: np.ndarray
 ) -> np.ndarray:
-    """Return the mean embedding of each recording's windows, [recordings, channels], in the order of `indices`."""
+    """Return the mean embedding of each recording's windows, [recordings, channels], ordered as `indices`."""
     outputs, owners, _ = embedder.recordings(
         dataset, indices, config.eval.transfer_windows_per_recording, config.audio.window_samples
     )
@@ -263,16 +272,8 @@ def evaluate_transfer(
     recording cannot be probed and is left out. Writes
     `transfer_per_class.parquet` and `transfer_embeddings.parquet`.
     """
-    candidates, held_out = probe_classes(dataset)
-    train, _ = _probe_recordings(dataset, config, candidates)
-    classes = np.unique(primary_class(dataset, train))
-    without_train = sorted(set(candidates.tolist()) - set(classes.tolist()))
-    if without_train:
-        log.warning(
-            "Transfer probes leave out %d classes without train-split recordings: %s",
-            len(without_train),
-            ", ".join(dataset.classes[index] for index in without_train),
-        )
+    classes, held_out = probe_classes(dataset)
+    classes = _classes_with_train_recordings(dataset, config, classes)
     train, test = _probe_recordings(dataset, config, classes)
     scores = {
         "eval/transfer/classes": float(len(classes)),
@@ -306,8 +307,26 @@ def evaluate_transfer(
     return scores
 
 
+def _classes_with_train_recordings(dataset: data.Dataset, config: Config, classes: np.ndarray) -> np.ndarray:
+    """Return the classes that have a train-split recording, logging the others."""
+    train, _ = _probe_recordings(dataset, config, classes)
+    kept = np.unique(primary_class(dataset, train))
+    left_out = sorted(set(classes.tolist()) - set(kept.tolist()))
+    if left_out:
+        log.warning(
+            "Transfer probes leave out %d classes without train-split recordings: %s",
+            len(left_out),
+            ", ".join(dataset.classes[index] for index in left_out),
+        )
+    return kept
+
+
 def _export_recordings(
-    path: pathlib.Path, dataset: data.Dataset, probe_data: probes.ProbeData, train: np.ndarray, test: np.ndarray
+    path: pathlib.Path,
+    dataset: data.Dataset,
+    probe_data: probes.ProbeData,
+    train: np.ndarray,
+    test: np.ndarray,
 ) -> None:
     """Write the pooled embedding of each probe recording with its path, label and split."""
     indices = np.concatenate([train, test])
@@ -331,19 +350,15 @@ def evaluate_detection(
     `detection_events.parquet`.
     """
     settings = config.eval
-    trained = task_classes(dataset)
     if settings.detection_annotations:
         detection_set = soundscapes.load(settings, config.audio.sample_rate_hz)
     else:
-        detection_set = soundscapes.synthesize(dataset, trained, settings)
-    named = set(detection_set.events["label"].drop_nulls().to_list())
-    classes = np.asarray([index for index in trained if dataset.classes[index] in named], np.int64)
-    unknown = sorted(named - {dataset.classes[index] for index in trained})
-    if unknown:
-        log.warning("Detection events of %d labels outside the training classes are ignored: %s", len(unknown), ", ".join(unknown))
+        detection_set = soundscapes.synthesize(dataset, task_classes(dataset), settings)
+    classes = _detection_classes(dataset, detection_set.events)
+    class_names = [dataset.classes[index] for index in classes]
 
     logits, owners, starts = _soundscape_logits(detection_set, config, predict)
-    class_names = [dataset.classes[index] for index in classes]
+    logits = logits[:, classes]  # [windows, detection classes]
     labels = soundscapes.window_labels(
         detection_set.events,
         owners,
@@ -351,23 +366,37 @@ def evaluate_detection(
         config.audio.window_seconds,
         class_names,
         settings.detection_min_overlap_seconds,
-    )  # [windows, classes]
-    logits = logits[:, classes]
+    )  # [windows, detection classes]
 
-    scores = _prefixed("detection", metrics.classification_scores(logits, labels))
+    summary, table = metrics.classification_report(logits, labels, class_names)
+    scores = _prefixed("detection", summary)
     scores["eval/detection/classes"] = float(len(classes))
     scores["eval/detection/soundscapes"] = float(len(detection_set.soundscapes))
     scores["eval/detection/windows"] = float(len(owners))
     scores["eval/detection/events"] = float(detection_set.events["label"].is_in(class_names).sum())
-    write_table(metrics.per_class_table(logits, labels, class_names), artifacts, "detection_per_class")
+    write_table(table, artifacts, "detection_per_class")
     write_table(detection_set.events, artifacts, "detection_events")
     return scores
+
+
+def _detection_classes(dataset: data.Dataset, events: pl.DataFrame) -> np.ndarray:
+    """Return the training classes that the events name, logging event labels outside them."""
+    named = set(events["label"].drop_nulls().to_list())
+    trained = task_classes(dataset)
+    unknown = sorted(named - {dataset.classes[index] for index in trained})
+    if unknown:
+        log.warning(
+            "Detection events of %d labels outside the training classes are ignored: %s",
+            len(unknown),
+            ", ".join(unknown),
+        )
+    return np.asarray([index for index in trained if dataset.classes[index] in named], np.int64)
 
 
 def _soundscape_logits(
     detection_set: soundscapes.DetectionSet, config: Config, predict: Predict
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Return the logits of every window [windows, classes], its soundscape's name and its start in seconds."""
+    """Return the logits [windows, classes], the soundscape name and the start in seconds of each window."""
     window = config.audio.window_samples
     hop = max(1, int(round(config.eval.detection_hop_seconds * detection_set.sample_rate_hz)))
     logits, owners, starts = [], [], []
@@ -382,7 +411,9 @@ def _soundscape_logits(
 # The registry.
 
 
-def run_tasks(dataset: data.Dataset, config: Config, predict: Predict, artifacts: pathlib.Path) -> dict[str, float]:
+def run_tasks(
+    dataset: data.Dataset, config: Config, predict: Predict, artifacts: pathlib.Path
+) -> dict[str, float]:
     """Run every task in `config.eval.tasks`; returns `eval/<task>/<metric>` values.
 
     The tasks share one WindowEmbedder, so a window is embedded once. Each
@@ -404,4 +435,6 @@ TASKS: dict[str, Callable[..., dict[str, float]]] = {
     "transfer": evaluate_transfer,
     "detection": evaluate_detection,
 }
-assert tuple(TASKS) == EVAL_TASKS, "pipeline.config.EVAL_TASKS must list the tasks of pipeline.evaluation.TASKS"
+assert tuple(TASKS) == EVAL_TASKS, (
+    "pipeline.config.EVAL_TASKS must list the tasks of pipeline.evaluation.TASKS"
+)

@@ -15,7 +15,7 @@ def label_targets(labels: jax.Array, secondary: jax.Array, config: LabelConfig) 
     """Return per-class targets and a loss mask from primary and secondary labels.
 
     Secondary labels are positives, smoothed positives (`secondary_target`
-    times the label), or masked out of the loss, as `config.secondary` says.
+    times the label), or masked out of the loss, as `config.secondary` selects.
     A class that is also a primary label keeps its primary target. Labels may
     be fractional after gain-weighted mixup, but the mask is always 0 or 1.
     Shapes are [batch, classes].

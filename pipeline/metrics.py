@@ -75,7 +75,11 @@ def classification_scores(scores: np.ndarray, labels: np.ndarray) -> dict[str, f
 
     `scores` and `labels` are [examples, classes]; labels are multi-hot.
     """
-    return summarize(per_class_average_precision(scores, labels), per_class_auroc(scores, labels), top1_accuracy(scores, labels))
+    return summarize(
+        per_class_average_precision(scores, labels),
+        per_class_auroc(scores, labels),
+        top1_accuracy(scores, labels),
+    )
 
 
 def classification_report(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import math
 import pathlib
 import re
 import string
@@ -53,6 +54,8 @@ RAVEN_END = "End Time (s)"
 RAVEN_LOW = "Low Freq (Hz)"
 RAVEN_HIGH = "High Freq (Hz)"
 RAVEN_FILE = "Begin File"
+# Start of a selection within its Begin File, when a table spans several files.
+RAVEN_FILE_OFFSET = "File Offset (s)"
 RAVEN_SELECTION = "Selection"
 
 XENO_CANTO_QUALITIES = ("A", "B", "C", "D", "E", "no score", "")
@@ -88,14 +91,18 @@ def read_rows(path: str | pathlib.Path) -> list[Row]:
     elif suffix in (".tsv", ".txt"):
         rows = _delimited_rows(path, "\t")
     elif suffix == ".parquet":
-        rows = [(f"row {number}", row) for number, row in enumerate(pl.read_parquet(path).iter_rows(named=True), 1)]
+        rows = [
+            (f"row {number}", row)
+            for number, row in enumerate(pl.read_parquet(path).iter_rows(named=True), 1)
+        ]
     elif suffix == ".jsonl":
         rows = _jsonl_rows(path)
     elif suffix == ".json":
         rows = _json_rows(path)
     else:
         raise MetadataError(
-            f"{path}: unsupported metadata format {path.suffix!r}; use .csv, .tsv, .txt, .parquet, .json or .jsonl."
+            f"{path}: unsupported metadata format {path.suffix!r}; use .csv, .tsv, .txt, .parquet, "
+            ".json or .jsonl."
         )
     if not rows:
         raise MetadataError(f"{path} has no rows; it needs one row per recording or event.")
@@ -105,20 +112,28 @@ def read_rows(path: str | pathlib.Path) -> list[Row]:
 def _delimited_rows(path: pathlib.Path, delimiter: str) -> list[Row]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
-        header = next(reader, None)
-        if header is None or not any(name.strip() for name in header):
-            raise MetadataError(f"{path} is empty; it needs a header line and one row per recording or event.")
-        header = [name.strip() for name in header]
-        rows = []
-        for fields in reader:
-            if not any(field.strip() for field in fields):
-                continue
-            if len(fields) != len(header):
-                raise MetadataError(
-                    f"{path}, line {reader.line_num}: expected {len(header)} fields ({', '.join(header)}), "
-                    f"found {len(fields)}. Fix or remove the row."
-                )
-            rows.append((f"line {reader.line_num}", dict(zip(header, fields))))
+        try:
+            return _checked_rows(path, reader)
+        except (csv.Error, UnicodeDecodeError) as error:
+            raise MetadataError(f"{path}, line {reader.line_num + 1}: unreadable text ({error}).") from error
+
+
+def _checked_rows(path: pathlib.Path, reader: Any) -> list[Row]:
+    """Return the rows of a csv reader as dictionaries, checking each row's field count."""
+    header = next(reader, None)
+    if header is None or not any(name.strip() for name in header):
+        raise MetadataError(f"{path} is empty; it needs a header line and one row per recording or event.")
+    header = [name.strip() for name in header]
+    rows = []
+    for fields in reader:
+        if not any(field.strip() for field in fields):
+            continue
+        if len(fields) != len(header):
+            raise MetadataError(
+                f"{path}, line {reader.line_num}: expected {len(header)} fields ({', '.join(header)}), "
+                f"found {len(fields)}. Fix or remove the row."
+            )
+        rows.append((f"line {reader.line_num}", dict(zip(header, fields, strict=True))))
     return rows
 
 
@@ -131,9 +146,13 @@ def _jsonl_rows(path: pathlib.Path) -> list[Row]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise MetadataError(f"{path}, line {number}: invalid JSON ({error.msg}). Fix or remove the line.") from error
+                raise MetadataError(
+                    f"{path}, line {number}: invalid JSON ({error.msg}). Fix or remove the line."
+                ) from error
             if not isinstance(row, dict):
-                raise MetadataError(f"{path}, line {number}: expected a JSON object, found {type(row).__name__}.")
+                raise MetadataError(
+                    f"{path}, line {number}: expected a JSON object, found {type(row).__name__}."
+                )
             rows.append((f"line {number}", row))
     return rows
 
@@ -150,7 +169,9 @@ def _json_rows(path: pathlib.Path) -> list[Row]:
     rows = []
     for number, item in enumerate(items, 1):
         if not isinstance(item, dict):
-            raise MetadataError(f"{path}, record {number}: expected a JSON object, found {type(item).__name__}.")
+            raise MetadataError(
+                f"{path}, record {number}: expected a JSON object, found {type(item).__name__}."
+            )
         rows.append((f"record {number}", item))
     return rows
 
@@ -176,8 +197,8 @@ def _number(path: pathlib.Path, location: str, column: str, value: Any) -> float
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise MetadataError(f"{path}, {location}: column {column!r} is not a number: {value!r}.") from None
-    if number != number:  # NaN
+        number = math.nan
+    if not math.isfinite(number):
         raise MetadataError(f"{path}, {location}: column {column!r} is not a number: {value!r}.")
     return number
 
@@ -200,7 +221,9 @@ def _label_list(path: pathlib.Path, location: str, column: str, value: Any) -> l
             try:
                 parsed = ast.literal_eval(text)
             except (ValueError, SyntaxError):
-                raise MetadataError(f"{path}, {location}: column {column!r} is not a list: {text!r}.") from None
+                raise MetadataError(
+                    f"{path}, {location}: column {column!r} is not a list: {text!r}."
+                ) from None
         return _label_list(path, location, column, list(parsed))
     return [part.strip() for part in re.split(r"[;,]", text) if part.strip()]
 
@@ -212,7 +235,9 @@ def _secondary(labels: Iterable[str], primary: str) -> str:
 
 
 def _manifest(records: list[dict[str, Any]], has_split: bool) -> pl.DataFrame:
-    frame = pl.DataFrame(records, schema_overrides={"file": pl.String, "label": pl.String, "secondary": pl.String})
+    frame = pl.DataFrame(
+        records, schema_overrides={"file": pl.String, "label": pl.String, "secondary": pl.String}
+    )
     return frame if has_split else frame.drop("split", strict=False)
 
 
@@ -232,7 +257,9 @@ def read_beans_classification(path: str | pathlib.Path, split: str | None = None
     for location, row in rows:
         file, label = _text(row.get("path")), _text(row.get("label"))
         if not file or not label:
-            raise MetadataError(f"{path}, {location}: 'path' and 'label' must both be set, got {file!r} and {label!r}.")
+            raise MetadataError(
+                f"{path}, {location}: 'path' and 'label' must both be set, got {file!r} and {label!r}."
+            )
         row_split = _text(row.get("split")) or split
         records.append({"file": file, "label": label, "secondary": "", "split": row_split})
     return _manifest(records, has_split=split is not None or any("split" in row for _, row in rows))
@@ -258,7 +285,7 @@ def read_birdset(
     if not any("ebird_code" in row or "ebird_code_multilabel" in row for _, row in rows):
         raise MetadataError(f"{path} has neither an 'ebird_code' nor an 'ebird_code_multilabel' column.")
     records = [_birdset_record(path, location, row, class_names, file_column) for location, row in rows]
-    for record, (_, row) in zip(records, rows):
+    for record, (_, row) in zip(records, rows, strict=True):
         record["split"] = _text(row.get("split")) or split
     return _manifest(records, has_split=split is not None or any("split" in row for _, row in rows))
 
@@ -274,7 +301,9 @@ def _birdset_record(
     primary = (codes["ebird_code"] or multilabel or [""])[0]
     file = _text(row.get(file_column))
     if not file:
-        raise MetadataError(f"{path}, {location}: column {file_column!r} is empty; every row needs an audio file.")
+        raise MetadataError(
+            f"{path}, {location}: column {file_column!r} is empty; every row needs an audio file."
+        )
     if not primary:
         raise MetadataError(
             f"{path}, {location}: no label; 'ebird_code' and 'ebird_code_multilabel' are both empty. "
@@ -284,13 +313,15 @@ def _birdset_record(
     return {"file": file, "label": primary, "secondary": secondary}
 
 
-def _ebird_name(path: pathlib.Path, location: str, column: str, value: str, class_names: list[str] | None) -> str:
+def _ebird_name(
+    path: pathlib.Path, location: str, column: str, value: str, class_names: list[str] | None
+) -> str:
     """Return an eBird code, looking integer class indices up in `class_names`."""
     if not value.lstrip("-").isdigit():
         return value
     if class_names is None:
         raise MetadataError(
-            f"{path}, {location}: column {column!r} holds the class index {value}; pass class_names "
+            f"{path}, {location}: column {column!r} contains the class index {value}; pass class_names "
             "(the dataset's ClassLabel names) to turn indices into eBird codes."
         )
     index = int(value)
@@ -377,7 +408,14 @@ def _event(
     if not file:
         raise MetadataError(f"{path}, {location}: the audio file is empty; every event needs one.")
     if not label and all(_text(time) == "" for time in times):
-        return {"file": file, "start": None, "end": None, "low_frequency": None, "high_frequency": None, "label": None}
+        return {
+            "file": file,
+            "start": None,
+            "end": None,
+            "low_frequency": None,
+            "high_frequency": None,
+            "label": None,
+        }
     if not label:
         raise MetadataError(f"{path}, {location}: the event from {times[0]} to {times[1]} s has no label.")
     start = _number(path, location, "start", times[0])
@@ -390,8 +428,17 @@ def _event(
     low = _optional_number(path, location, "low frequency", band[0])
     high = _optional_number(path, location, "high frequency", band[1])
     if low is not None and high is not None and high < low:
-        raise MetadataError(f"{path}, {location}: the high frequency {high} Hz is below the low frequency {low} Hz.")
-    return {"file": file, "start": start, "end": end, "low_frequency": low, "high_frequency": high, "label": label}
+        raise MetadataError(
+            f"{path}, {location}: the high frequency {high} Hz is below the low frequency {low} Hz."
+        )
+    return {
+        "file": file,
+        "start": start,
+        "end": end,
+        "low_frequency": low,
+        "high_frequency": high,
+        "label": label,
+    }
 
 
 def read_detection_csv(path: str | pathlib.Path) -> pl.DataFrame:
@@ -427,14 +474,19 @@ def read_beans_detection(path: str | pathlib.Path) -> pl.DataFrame:
             records.append(_event(path, location, file, ("", ""), (None, None), ""))
         for annotation in annotations:
             if not isinstance(annotation, dict):
-                raise MetadataError(f"{path}, {location}: an annotation must be an object, got {annotation!r}.")
+                raise MetadataError(
+                    f"{path}, {location}: an annotation must be an object, got {annotation!r}."
+                )
             times = (annotation.get("st"), annotation.get("ed"))
             records.append(_event(path, location, file, times, (None, None), _text(annotation.get("label"))))
     return _events_frame(records)
 
 
 def read_raven_selections(
-    path: str | pathlib.Path, label_column: str = "Annotation", audio_file: str = "", allow_empty: bool = False
+    path: str | pathlib.Path,
+    label_column: str = "Annotation",
+    audio_file: str = "",
+    allow_empty: bool = False,
 ) -> pl.DataFrame:
     """Read a Raven selection table (tab-separated) into events.
 
@@ -460,13 +512,28 @@ def read_raven_selections(
             continue
         seen.add(selection)
         file = _text(row.get(RAVEN_FILE)) or default_file
-        times = (row.get(RAVEN_BEGIN), row.get(RAVEN_END))
+        times = _raven_times(path, location, row)
         band = (row.get(RAVEN_LOW), row.get(RAVEN_HIGH))
         label = _text(row.get(label_column))
         if not label:
             raise MetadataError(f"{path}, {location}: selection {selection} has an empty {label_column!r}.")
         records.append(_event(path, location, file, times, band, label))
     return _events_frame(records)
+
+
+def _raven_times(path: pathlib.Path, location: str, row: dict[str, Any]) -> tuple[Any, Any]:
+    """Return a selection's start and end within its audio file.
+
+    Begin and end times count from the start of the table's first file, so
+    a table that spans several files places a selection in its own file by
+    its file offset.
+    """
+    if _text(row.get(RAVEN_FILE_OFFSET)) == "":
+        return row.get(RAVEN_BEGIN), row.get(RAVEN_END)
+    begin = _number(path, location, "start", row.get(RAVEN_BEGIN))
+    end = _number(path, location, "end", row.get(RAVEN_END))
+    offset = _number(path, location, RAVEN_FILE_OFFSET, row.get(RAVEN_FILE_OFFSET))
+    return offset, offset + (end - begin)
 
 
 def _has_header_only(path: pathlib.Path) -> bool:

@@ -177,7 +177,7 @@ def run_study(
     # keeps them in the study folder.
     artifact_root = None if uri.startswith(("http://", "https://")) else study_dir / "artifacts"
     experiment_id, parent_run_id = tracking.start_study(
-        uri, study.name, study.factor_levels(), list(study.seeds), study.path, artifact_root
+        uri, study.name, study.factor_levels(), list(study.seeds), study.path, artifact_root, design=study.design, cells=study.cells
     )
     done = tracking.finished_hashes(uri, experiment_id, parent_run_id)
     pending = [trial for trial in study.trials if trial.config_hash not in done]

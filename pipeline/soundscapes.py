@@ -97,7 +97,9 @@ def window_labels(
         if event["label"] not in class_index:
             continue
         rows = owners_array == event["file"]
-        overlap = np.minimum(event["end"], starts_seconds + window_seconds) - np.maximum(event["start"], starts_seconds)
+        overlap = np.minimum(event["end"], starts_seconds + window_seconds) - np.maximum(
+            event["start"], starts_seconds
+        )
         needed = min(min_overlap_seconds, event["end"] - event["start"])
         labels[rows & (overlap >= needed - 1e-9), class_index[event["label"]]] = 1.0
     return labels
@@ -113,8 +115,10 @@ def pink_noise(samples: int, rng: np.random.Generator) -> np.ndarray:
     return (noise * NOISE_RMS / np.sqrt(np.mean(np.square(noise)))).astype(np.float32)
 
 
-def _event_clip(store: audio.AudioStore, index: int, seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Cut a clip of `seconds` around one of the loudest peaks of a recording; return it and its start sample."""
+def _event_clip(
+    store: audio.AudioStore, index: int, seconds: float, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
+    """Cut `seconds` around one of the loudest peaks of a recording; return the clip and its start sample."""
     length = store.length(index)
     size = min(length, int(round(seconds * store.sample_rate_hz)))
     peaks = data.energy_peaks(store.recording(index), store.sample_rate_hz, count=3)
@@ -149,7 +153,8 @@ def synthesize(dataset: data.Dataset, classes: np.ndarray, settings: EvalConfig)
     if not sources:
         raise ConfigError(
             "detection: none of the training classes has a recording in the evaluation split, so no "
-            "soundscape can be synthesized. Remove 'detection' from eval.tasks or set eval.detection_annotations."
+            "soundscape can be synthesized. Remove 'detection' from eval.tasks or set "
+            "eval.detection_annotations."
         )
     sample_rate_hz = dataset.store.sample_rate_hz
     length = int(round(settings.detection_soundscape_seconds * sample_rate_hz))
@@ -163,28 +168,33 @@ def synthesize(dataset: data.Dataset, classes: np.ndarray, settings: EvalConfig)
         for _ in range(settings.detection_events_per_soundscape):
             label = next(sequence)
             index = int(rng.choice(sources[label]))
-            clip, source_start = _event_clip(dataset.store, index, rng.uniform(*EVENT_SECONDS), rng)
-            onset = int(rng.integers(0, length - len(clip) + 1))
-            snr_db = rng.uniform(settings.detection_min_snr_db, settings.detection_max_snr_db)
-            clip_rms = max(float(np.sqrt(np.mean(np.square(clip)))), 1e-8)
-            mixture[onset : onset + len(clip)] += clip * (NOISE_RMS * 10 ** (snr_db / 20) / clip_rms)
-            events.append(
-                {
-                    "file": name,
-                    "start": onset / sample_rate_hz,
-                    "end": (onset + len(clip)) / sample_rate_hz,
-                    "label": dataset.classes[label],
-                    "snr_db": snr_db,
-                    "source_path": dataset.store.paths[index],
-                    "source_start": source_start / sample_rate_hz,
-                }
-            )
+            event = _add_event(mixture, dataset.store, index, settings, rng)
+            events.append({"file": name, "label": dataset.classes[label], **event})
         soundscapes.append(Soundscape(name, mixture))
     return DetectionSet(soundscapes, _synthetic_events(events), sample_rate_hz)
 
 
+def _add_event(
+    mixture: np.ndarray, store: audio.AudioStore, index: int, settings: EvalConfig, rng: np.random.Generator
+) -> dict:
+    """Add a clip of a recording to `mixture` at a random time and signal-to-noise ratio; describe it."""
+    sample_rate_hz = store.sample_rate_hz
+    clip, source_start = _event_clip(store, index, rng.uniform(*EVENT_SECONDS), rng)
+    onset = int(rng.integers(0, len(mixture) - len(clip) + 1))
+    snr_db = rng.uniform(settings.detection_min_snr_db, settings.detection_max_snr_db)
+    clip_rms = max(float(np.sqrt(np.mean(np.square(clip)))), 1e-8)
+    mixture[onset : onset + len(clip)] += clip * (NOISE_RMS * 10 ** (snr_db / 20) / clip_rms)
+    return {
+        "start": onset / sample_rate_hz,
+        "end": (onset + len(clip)) / sample_rate_hz,
+        "snr_db": snr_db,
+        "source_path": store.paths[index],
+        "source_start": source_start / sample_rate_hz,
+    }
+
+
 def _test_recordings_by_class(dataset: data.Dataset, classes: np.ndarray) -> dict[int, np.ndarray]:
-    """Map each class index to the store indices of its evaluation recordings, leaving out classes without any."""
+    """Map each class index to the store indices of its evaluation recordings, if it has any."""
     sources = {}
     for label in classes:
         members = dataset.evaluation[dataset.labels[dataset.evaluation, int(label)] > 0]

@@ -29,6 +29,8 @@ CONFIG_HASH = "ablate.config_hash"
 CELL = "ablate.cell"
 TRIAL = "ablate.trial"
 FACTORS = "ablate.factors"
+DESIGN = "ablate.design"
+CELLS = "ablate.cells"
 FAILURE = "ablate.failure"
 FAILURE_STEP = "ablate.failure_step"
 PARENT = "mlflow.parentRunId"
@@ -50,8 +52,22 @@ def _experiment_id(client: MlflowClient, name: str, artifact_root: pathlib.Path 
     return client.create_experiment(name, artifact_location=location)
 
 
-def start_study(uri: str, name: str, factors: dict[str, list[str]], seeds: list[int], study_file: pathlib.Path, artifact_root: pathlib.Path | None) -> tuple[str, str]:
-    """Create or reopen the study's experiment and parent run; returns their ids."""
+def start_study(
+    uri: str,
+    name: str,
+    factors: dict[str, list[str]],
+    seeds: list[int],
+    study_file: pathlib.Path,
+    artifact_root: pathlib.Path | None,
+    *,
+    design: str = "full_factorial",
+    cells: list[dict[str, str]] | None = None,
+) -> tuple[str, str]:
+    """Create or reopen the study's experiment and parent run; returns their ids.
+
+    The parent run records the design, its cells and the seeds, so the
+    analysis knows which trials the design asked for.
+    """
     client = MlflowClient(uri)
     experiment_id = _experiment_id(client, name, artifact_root)
     existing = client.search_runs(
@@ -66,6 +82,10 @@ def start_study(uri: str, name: str, factors: dict[str, list[str]], seeds: list[
         client.log_param(run_id, "seeds", json.dumps(seeds))
         client.log_param(run_id, "factors", json.dumps(factors))
         client.log_artifact(run_id, str(study_file))
+    client.set_tag(run_id, DESIGN, design)
+    if cells is not None:
+        client.log_text(run_id, json.dumps(cells), "design_cells.json")
+        client.set_tag(run_id, CELLS, json.dumps(cells)[:5000])
     return experiment_id, run_id
 
 

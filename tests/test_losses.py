@@ -53,10 +53,12 @@ def test_secondary_label_modes(mode, target, mask):
 
     targets, weights = losses.label_targets(labels, secondary, LabelConfig(secondary=mode, secondary_target=0.3))
 
-    assert float(targets[0, 0]) == 1.0 and float(weights[0, 0]) == 1.0  # primary wins
+    assert float(targets[0, 0]) == 1.0  # primary wins
+    assert float(weights[0, 0]) == 1.0
     assert float(targets[0, 1]) == pytest.approx(target)
     assert float(weights[0, 1]) == mask
-    assert float(targets[0, 2]) == 0.0 and float(weights[0, 2]) == 1.0
+    assert float(targets[0, 2]) == 0.0
+    assert float(weights[0, 2]) == 1.0
 
 
 def test_ignored_secondary_leaves_the_softmax():

@@ -57,7 +57,7 @@ def test_class_without_positive_is_excluded_and_counted():
     assert result["auroc"] == pytest.approx(1.0)
 
 
-def test_class_with_only_positives_has_precision_but_no_auroc():
+def test_all_positive_class_has_no_auroc():
     scores = np.array([[0.9, 0.1], [0.2, 0.8]])
     labels = np.array([[1, 1], [0, 1]])
 

@@ -95,7 +95,8 @@ def test_disabled_heads_have_no_parameters():
         source_loss={"enabled": True, "rank": 16},
     )
 
-    assert plain.prototype is None and plain.source is None
+    assert plain.prototype is None
+    assert plain.source is None
     assert full.prototype.prototypes.shape == (32, 3, 128)
     assert full.prototype.raw_weights.shape == (32, 3)
     assert full.source.down.kernel.shape == (128, 16)  # low rank

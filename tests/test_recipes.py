@@ -23,10 +23,13 @@ def test_perch2_turns_everything_on():
     config = _recipe("perch2")
 
     assert config.model.backbone == "efficientnet_b3"
-    assert config.mixup.max_sources > 2 and not config.mixup.fixed_sources
-    assert config.prototype.enabled and config.prototype.prototypes_per_class == 4
+    assert config.mixup.max_sources > 2
+    assert not config.mixup.fixed_sources
+    assert config.prototype.enabled
+    assert config.prototype.prototypes_per_class == 4
     assert config.distillation.enabled
-    assert config.source_loss.enabled and config.source_loss.rank == 512
+    assert config.source_loss.enabled
+    assert config.source_loss.rank == 512
     assert config.labels.loss == "softmax"
     assert config.window.selection == "random"
 
@@ -88,7 +91,8 @@ def test_study_header_answers_the_three_questions(path):
     header = path.read_text().split("\n[", 1)[0]
 
     assert "Question:" in header
-    assert "Cost:" in header and "laptop" in header
+    assert "Cost:" in header
+    assert "laptop" in header
     assert "Last result:" in header
     assert study.load_study(path).trials
 

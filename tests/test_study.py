@@ -99,3 +99,63 @@ def test_cli_reports_bad_study_without_traceback(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "unknown component 'mixupp'" in error
     assert "Traceback" not in error
+
+
+def _design_study(tmp_path, design: str, extra: str = "", factors: int = 4) -> str:
+    names = ["mixup", "source_loss", "prototype", "window"][:factors]
+    levels = {
+        "mixup": '["off", "pairwise"]',
+        "source_loss": '["off", "on"]',
+        "prototype": '["off", "on"]',
+        "window": '["random", "peak"]',
+    }
+    lines = "\n".join(f"{name} = {levels[name]}" for name in names)
+    return _write(
+        tmp_path, f'[study]\nname = "d"\nseeds = [0]\ndesign = "{design}"\n{extra}\n[factors]\n{lines}\n'
+    )
+
+
+def test_one_at_a_time_has_baseline_full_and_single_changes(tmp_path):
+    study = load_study(_design_study(tmp_path, "one_at_a_time"))
+
+    cells = [tuple(cell.values()) for cell in study.cells]
+    assert cells[0] == ("off", "off", "off", "random")
+    assert ("pairwise", "off", "off", "random") in cells
+    assert ("pairwise", "on", "on", "peak") in cells
+    assert ("off", "on", "on", "peak") in cells
+    assert len(cells) == 10
+
+
+def test_fractional_resolution_four_halves_the_grid(tmp_path):
+    study = load_study(_design_study(tmp_path, "fractional", "resolution = 4"))
+
+    assert len(study.cells) == 8
+    for factor in ("mixup", "source_loss", "prototype", "window"):
+        levels = [cell[factor] for cell in study.cells]
+        assert len(set(levels)) == 2
+        assert levels.count(levels[0]) == 4
+
+
+def test_explicit_cells_default_to_reference_levels(tmp_path):
+    path = _write(
+        tmp_path,
+        '[study]\nname = "c"\nseeds = [0]\ndesign = "cells"\n[factors]\nmixup = ["off", "pairwise"]\n'
+        'source_loss = ["off", "on"]\n[[cells]]\nmixup = "pairwise"\n[[cells]]\nsource_loss = "on"\n',
+    )
+
+    study = load_study(path)
+
+    assert study.cells == [{"mixup": "pairwise", "source_loss": "off"}, {"mixup": "off", "source_loss": "on"}]
+
+
+@pytest.mark.parametrize(
+    "design, extra, message",
+    [
+        ("fractional", "resolution = 7", "study.resolution: expected 3, 4 or 5"),
+        ("cells", "", "needs \\[\\[cells\\]\\] tables"),
+        ("sequential", "", "unknown design 'sequential'"),
+    ],
+)
+def test_bad_design_names_the_field(tmp_path, design, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study(_design_study(tmp_path, design, extra))

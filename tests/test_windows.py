@@ -93,7 +93,8 @@ def test_random_windows_spread_over_the_clip(event_dataset):
 
     offsets = [cutter.offset(index, np.random.default_rng(seed)) for seed in range(50)]
 
-    assert min(offsets) >= 0 and max(offsets) <= (20 - 5) * RATE
+    assert min(offsets) >= 0
+    assert max(offsets) <= (20 - 5) * RATE
     assert len(set(offsets)) > 40
     assert not all(_covers_event(offset) for offset in offsets)
 
