@@ -76,10 +76,14 @@ def cell_values(runs: pl.DataFrame, design: Design, metric: str) -> CellValues:
     A trial recorded twice (same cell and seed) counts once, at its mean.
     """
     if metric not in runs.columns:
-        raise ValueError(f"metric {metric!r} is not a column of the runs; columns: {', '.join(runs.columns)}.")
+        raise ValueError(
+            f"metric {metric!r} is not a column of the runs; columns: {', '.join(runs.columns)}."
+        )
     missing_factors = [name for name in design.names if name not in runs.columns]
     if missing_factors:
-        raise ValueError(f"runs have no column for factors {missing_factors}; pass the frame from load_study.")
+        raise ValueError(
+            f"runs have no column for factors {missing_factors}; pass the frame from load_study."
+        )
     scored = runs.filter(pl.col(metric).is_not_null() & pl.col(metric).is_finite())
     seeds = sorted(set(scored["seed"].to_list()))
     position = {seed: index for index, seed in enumerate(seeds)}
@@ -90,7 +94,11 @@ def cell_values(runs: pl.DataFrame, design: Design, metric: str) -> CellValues:
         totals[cell, column] += row[metric]
         counts[cell, column] += 1
     if (counts > 1).any():
-        log.warning("%s: %d trials appear more than once; using the mean of their values.", metric, int((counts > 1).sum()))
+        log.warning(
+            "%s: %d trials appear more than once; using the mean of their values.",
+            metric,
+            int((counts > 1).sum()),
+        )
     with np.errstate(invalid="ignore"):
         values = np.where(counts > 0, totals / counts, np.nan)
     return CellValues(values, seeds)
@@ -101,7 +109,9 @@ def _cell_of(design: Design, row: dict) -> int:
         return design.cell_index(row)
     except ValueError as error:
         levels = {name: row[name] for name in design.names}
-        raise ValueError(f"trial with levels {levels} has a level outside the study's factors {design.factors}.") from error
+        raise ValueError(
+            f"trial with levels {levels} has a level outside the study's factors {design.factors}."
+        ) from error
 
 
 @dataclasses.dataclass
@@ -127,7 +137,9 @@ def plan_estimation(design: Design, estimands: Estimands, observed: np.ndarray) 
     mapping[observed] = np.eye(int(observed.sum()))
     mapping[~observed] = unobserved_rows @ projection
     # Bias of each unobserved cell's prediction per unit of each excluded column.
-    prediction_bias = unobserved_rows @ projection @ matrix[observed][:, excluded] - matrix[~observed][:, excluded]
+    prediction_bias = (
+        unobserved_rows @ projection @ matrix[observed][:, excluded] - matrix[~observed][:, excluded]
+    )
 
     basis, aliases, notes = [], [], []
     for row, weights in enumerate(estimands.weights):
@@ -168,19 +180,23 @@ def _terms_with_weight(design: Design, coefficients: np.ndarray, columns: np.nda
     return [
         name
         for name, term_columns in design.term_columns.items()
-        if np.isin(term_columns, columns).all() and np.abs(coefficients[term_columns]).max() > TOLERANCE * scale
+        if np.isin(term_columns, columns).all()
+        and np.abs(coefficients[term_columns]).max() > TOLERANCE * scale
     ]
 
 
-def _declined_reason(design: Design, structure: AliasStructure, involved: list[str], cells: np.ndarray) -> str:
+def _declined_reason(
+    design: Design, structure: AliasStructure, involved: list[str], cells: np.ndarray
+) -> str:
     missing = [design.cell_label(cell) for cell in np.flatnonzero(cells)]
-    confounded = "; ".join(
-        f"{name} with {', '.join(_term_label(alias) for alias in structure.aliases.get(name, [])) or 'nothing estimable'}"
-        for name in involved
-    )
+    confounded = []
+    for name in involved:
+        aliases = ", ".join(_term_label(alias) for alias in structure.aliases.get(name, []))
+        confounded.append(f"{name} with {aliases or 'nothing estimable'}")
     return (
-        f"depends on terms that the observed cells confound with others ({confounded}); "
-        f"it needs {len(missing)} cells with no finished trial, such as {missing[0]}. Run those cells to estimate it."
+        f"depends on terms that the observed cells confound with others ({'; '.join(confounded)}); "
+        f"it needs {len(missing)} cells with no finished trial, such as {missing[0]}. "
+        "Run those cells to estimate it."
     )
 
 
@@ -213,7 +229,9 @@ def attribute_metric(
         per_seed = weights @ observed_values  # [estimable, seeds]
         intervals = bootstrap.paired_intervals(per_seed, resamples, rng, confidence, min_bootstrap_seeds)
     else:
-        intervals = bootstrap.blocked_intervals(observed_values, weights, resamples, rng, confidence, min_bootstrap_seeds)
+        intervals = bootstrap.blocked_intervals(
+            observed_values, weights, resamples, rng, confidence, min_bootstrap_seeds
+        )
     return _table(metric, estimands, plan, estimable, intervals)
 
 
@@ -229,7 +247,9 @@ def resamples_for_holm(estimands: Estimands, alpha: float = ALPHA) -> int:
     return math.ceil(4 * largest / alpha)
 
 
-def _table(metric: str, estimands: Estimands, plan: Plan, estimable: np.ndarray, intervals: bootstrap.Intervals) -> pl.DataFrame:
+def _table(
+    metric: str, estimands: Estimands, plan: Plan, estimable: np.ndarray, intervals: bootstrap.Intervals
+) -> pl.DataFrame:
     rows = []
     position = np.cumsum(estimable) - 1
     for row, item in enumerate(estimands.items):
@@ -266,7 +286,14 @@ def _interval_fields(intervals: bootstrap.Intervals, index: int) -> dict:
 
 def _empty_row(metric: str, item) -> dict:
     row = {name: None for name in SCHEMA}
-    row.update(metric=metric, kind=item.kind, family=item.family, factor=item.factor, level=item.level, reference=item.reference)
+    row.update(
+        metric=metric,
+        kind=item.kind,
+        family=item.family,
+        factor=item.factor,
+        level=item.level,
+        reference=item.reference,
+    )
     return row
 
 
@@ -322,7 +349,9 @@ def holm_adjust(table: pl.DataFrame, alpha: float = ALPHA) -> pl.DataFrame:
     p_values = table["p_value"].fill_null(np.nan).to_numpy()
     keys = table.select("metric", "family").rows()
     for key in dict.fromkeys(keys):
-        rows = np.array([index for index, other in enumerate(keys) if other == key and np.isfinite(p_values[index])])
+        rows = np.array(
+            [index for index, other in enumerate(keys) if other == key and np.isfinite(p_values[index])]
+        )
         if len(rows):
             adjusted[rows] = holm(p_values[rows])
     resolved = [bool(value < alpha) if np.isfinite(value) else None for value in adjusted]
@@ -345,7 +374,9 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def add_power(table: pl.DataFrame, alpha: float = power.ALPHA, target: float = power.TARGET_POWER) -> pl.DataFrame:
+def add_power(
+    table: pl.DataFrame, alpha: float = power.ALPHA, target: float = power.TARGET_POWER
+) -> pl.DataFrame:
     """Add the power of the study's seeds and the seeds a paired t-test would need.
 
     Both treat the observed d_z as the true standardized effect, so they
@@ -357,5 +388,7 @@ def add_power(table: pl.DataFrame, alpha: float = power.ALPHA, target: float = p
     needed = power.seeds_needed(d_z, alpha, target)
     return table.with_columns(
         pl.Series("power", power.paired_power(d_z, seeds, alpha)).fill_nan(None),
-        pl.Series("seeds_needed", [int(value) if np.isfinite(value) else None for value in needed], dtype=pl.Int64),
+        pl.Series(
+            "seeds_needed", [int(value) if np.isfinite(value) else None for value in needed], dtype=pl.Int64
+        ),
     )

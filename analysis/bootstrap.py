@@ -120,7 +120,16 @@ def studentized(
     below = (pivots <= observed[:, None]).sum(axis=1)
     p_value = np.minimum(1.0, 2.0 * (1.0 + np.minimum(above, below)) / (valid + 1.0))
     p_value = np.where(np.isfinite(observed), p_value, np.nan)
-    return Intervals(estimate, standard_error, low, high, p_value, BOOTSTRAP_T, seeds, int(valid.min()) if valid.size else 0)
+    return Intervals(
+        estimate,
+        standard_error,
+        low,
+        high,
+        p_value,
+        BOOTSTRAP_T,
+        seeds,
+        int(valid.min()) if valid.size else 0,
+    )
 
 
 def t_intervals(
@@ -175,7 +184,9 @@ def blocked_intervals(
     usable = np.isfinite(replicates).all(axis=1)
     if not usable.any():
         return t_intervals(estimate, standard_error, seeds - 1, seeds, confidence)
-    return studentized(estimate, standard_error, replicates[usable].T, replicate_errors[usable].T, seeds, confidence)
+    return studentized(
+        estimate, standard_error, replicates[usable].T, replicate_errors[usable].T, seeds, confidence
+    )
 
 
 def fit_blocked(values: np.ndarray, drawn: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +211,9 @@ def fit_blocked(values: np.ndarray, drawn: np.ndarray, weights: np.ndarray) -> t
 
     weighted = design.T[None] * weight[:, None, :]  # [draws, parameters, trials]
     normal = weighted @ design  # [draws, parameters, parameters]
-    estimable = present.any(axis=2).all(axis=1) & (np.linalg.matrix_rank(normal) == parameters)
+    # Full rank: the smallest eigenvalue of the normal matrix is clearly above zero.
+    eigenvalues = np.linalg.eigvalsh(normal)  # [draws, parameters], ascending
+    estimable = present.any(axis=2).all(axis=1) & (eigenvalues[:, 0] > 1e-9 * eigenvalues[:, -1])
     normal[~estimable] = np.eye(parameters)
     inverse = np.linalg.inv(normal)
     coefficients = (inverse @ (weighted @ response[:, :, None]))[:, :, 0]  # [draws, parameters]
@@ -209,7 +222,9 @@ def fit_blocked(values: np.ndarray, drawn: np.ndarray, weights: np.ndarray) -> t
     # Cluster-robust (sandwich) variance: per block, the sum of each trial's
     # influence on the estimate times its residual.
     influence = weighted * residuals[:, None, :]  # [draws, parameters, trials]
-    per_block = inverse @ influence.reshape(draws, parameters, cells, blocks).sum(axis=2)  # [draws, parameters, blocks]
+    per_block = inverse @ influence.reshape(draws, parameters, cells, blocks).sum(
+        axis=2
+    )  # [draws, parameters, blocks]
     contrast = np.hstack([weights, np.zeros((len(weights), parameters - cells))])  # [estimands, parameters]
     scores = contrast @ per_block  # [draws, estimands, blocks]
     variance = (scores**2).sum(axis=2) * blocks / max(blocks - 1, 1)

@@ -121,7 +121,9 @@ class Design:
 
 def _check_factors(factors: dict[str, list[str]]) -> None:
     if not factors:
-        raise ValueError("the study has no factors; a factorial analysis needs at least one factor with two levels.")
+        raise ValueError(
+            "the study has no factors; a factorial analysis needs at least one factor with two levels."
+        )
     for name, levels in factors.items():
         if len(levels) < 2:
             raise ValueError(f"factor {name!r} has levels {levels!r}; each factor needs at least two levels.")
@@ -179,7 +181,9 @@ def alias_structure(design: Design, observed: np.ndarray) -> AliasStructure:
     return AliasStructure(observed, included, excluded, aliases, np.array(columns))
 
 
-def _absorbing_terms(design: Design, rows: np.ndarray, included: list[str], columns: list[int], name: str) -> list[str]:
+def _absorbing_terms(
+    design: Design, rows: np.ndarray, included: list[str], columns: list[int], name: str
+) -> list[str]:
     """Return the included terms onto which the excluded term `name` projects."""
     # [included columns, columns of the excluded term]: the alias matrix.
     loadings = np.linalg.lstsq(rows[:, columns], rows[:, design.term_columns[name]], rcond=None)[0]

@@ -14,30 +14,28 @@ from analysis import bootstrap, power
 METHODS = f"""\
 How to read this report:
 
-- An effect is a difference in the metric. A main effect compares one level
-  of a factor with its reference level (the first listed), averaged over
-  every level of the other factors. An interaction is a difference of
-  differences: how much one component's effect changes when another is on.
-- Shapley values split *full recipe minus baseline* among the components,
-  averaging each one's contribution over every order of adding them.
-  Leave-one-out (full recipe minus the recipe without the component) and
-  add-one-in (baseline plus the component, minus the baseline) are the two
-  extreme orders; they disagree when components interact.
-- Intervals are 95% studentized bootstrap (bootstrap-t) intervals over
-  seeds. Whole seeds are resampled, so every contrast stays paired by
-  seed. With fewer than {bootstrap.MIN_BOOTSTRAP_SEEDS} seeds the
-  intervals are t intervals, and the `interval` column says so.
-- p-values come from the same bootstrap (from the t-test where the
-  interval is a t interval) and are Holm-adjusted within each
-  metric and family (main effects with interactions; Shapley values;
-  Banzhaf values; leave-one-out; add-one-in). An effect is *resolved*, that
-  is, told apart from seed noise, when its adjusted p-value is below
+- An effect is a difference in the metric. A main effect compares one level of a factor with
+  its reference level (the first listed), averaged over every level of the other factors. An
+  interaction is a difference of differences: how much one component's effect changes when
+  another is switched on.
+- Shapley values split *full recipe minus baseline* among the components, averaging each
+  one's contribution over every order of adding them. Leave-one-out (full recipe minus the
+  recipe without the component) and add-one-in (baseline plus the component, minus the
+  baseline) are the two extreme orders; they disagree when components interact. Banzhaf
+  values (in `attribution.csv`) average over subsets instead of orders.
+- Intervals are 95% studentized bootstrap (bootstrap-t) intervals over seeds. Whole seeds are
+  resampled, so every contrast stays paired by seed. With fewer than
+  {bootstrap.MIN_BOOTSTRAP_SEEDS} seeds they are t intervals, as the `interval` column says.
+  Intervals are not adjusted for multiple comparisons.
+- p-values come from the same bootstrap (from the t-test where the interval is a t
+  interval) and are Holm-adjusted within each metric and family: main effects with
+  interactions, Shapley values, Banzhaf values, leave-one-out, and add-one-in. An effect is
+  *resolved*, that is, told apart from seed noise, when its adjusted p-value is below
   {power.ALPHA}.
-- d_z is the mean per-seed contrast divided by its standard deviation.
-  *Seeds needed* is the number of seeds at which a two-sided paired t-test
-  at {power.ALPHA} (not Holm-adjusted) has {power.TARGET_POWER:.0%} power
-  for an effect of the observed d_z (statsmodels TTestPower). It is an
-  estimate: with few seeds, d_z is itself uncertain.
+- d_z is the mean per-seed contrast divided by its standard deviation. *Seeds needed* is the
+  number of seeds at which a two-sided paired t-test at {power.ALPHA} (not Holm-adjusted)
+  has {power.TARGET_POWER:.0%} power for an effect of the observed d_z (statsmodels
+  TTestPower). It is an estimate: with few seeds, d_z is itself uncertain.
 """
 
 
@@ -75,6 +73,11 @@ def with_interval(value: float | None, low: float | None, high: float | None, de
     return f"{number(value, decimals)} [{number(low, decimals)}, {number(high, decimals)}]"
 
 
+def interval_of(row: dict, prefix: str, decimals: int) -> str:
+    """Format the columns `<prefix>`, `<prefix>_low` and `<prefix>_high` of a summary row."""
+    return with_interval(row[prefix], row[f"{prefix}_low"], row[f"{prefix}_high"], decimals)
+
+
 def decimals_for(table: pl.DataFrame) -> int:
     """Return enough decimals to show the narrowest interval half-width of `table` with two digits."""
     widths = (table["ci_high"] - table["ci_low"]).drop_nulls().drop_nans().to_numpy() / 2.0
@@ -99,7 +102,14 @@ def markdown_report(
     folder: pathlib.Path,
 ) -> str:
     """Return the Markdown report of a study's attribution."""
-    parts = [f"# Attribution of study `{facts.name}`", "", _study_section(facts), "", METHODS, _design_section(attribution)]
+    parts = [
+        f"# Attribution of study `{facts.name}`",
+        "",
+        _study_section(facts),
+        "",
+        METHODS,
+        _design_section(attribution),
+    ]
     for metric in list(dict.fromkeys(attribution["metric"].to_list())):
         parts.append(
             _metric_section(
@@ -136,7 +146,8 @@ def _study_section(facts: StudyFacts) -> str:
 def _interval_sentence(resamples: int | None) -> str:
     if resamples:
         return f"Intervals: bootstrap-t with up to {resamples} usable resamples."
-    return f"Intervals: t intervals, because the study has fewer than {bootstrap.MIN_BOOTSTRAP_SEEDS} seeds with values."
+    minimum = bootstrap.MIN_BOOTSTRAP_SEEDS
+    return f"Intervals: t intervals, because the study has fewer than {minimum} seeds with values."
 
 
 def _design_section(attribution: pl.DataFrame) -> str:
@@ -147,22 +158,25 @@ def _design_section(attribution: pl.DataFrame) -> str:
     lines = ["Design: some cells have no finished trial."]
     if not modelled.is_empty():
         lines.append(
-            f"{modelled.height} estimates predict those cells from the lower-order terms and hold only if the "
-            "terms named in their `aliases` column are negligible."
+            f"{modelled.height} estimates predict those cells from the lower-order terms; they hold "
+            "only if the terms named in their `aliases` column are negligible."
         )
     if not declined.is_empty():
         lines.append(f"{declined.height} estimates are declined; each metric's section gives the reasons.")
     return " ".join(lines) + "\n"
 
 
-def _metric_section(metric: str, summary: pl.DataFrame, attribution: pl.DataFrame, anova: pl.DataFrame) -> str:
+def _metric_section(
+    metric: str, summary: pl.DataFrame, attribution: pl.DataFrame, anova: pl.DataFrame
+) -> str:
     decimals = decimals_for(attribution)
     lines = [f"## {metric}", ""]
     total = attribution.filter(pl.col("kind") == "total")
     if total.height and total["effect"][0] is not None:
         row = total.row(0, named=True)
+        gain = with_interval(row["effect"], row["ci_low"], row["ci_high"], decimals)
         lines += [
-            f"Full recipe minus baseline: {with_interval(row['effect'], row['ci_low'], row['ci_high'], decimals)} "
+            f"Full recipe minus baseline: {gain} "
             f"(Holm p {p_value(row['p_holm'])}, {row['seeds']} seeds, {row['interval']}).",
             "",
         ]
@@ -172,38 +186,60 @@ def _metric_section(metric: str, summary: pl.DataFrame, attribution: pl.DataFram
     declined = attribution.filter(pl.col("basis") == "declined")
     if declined.height:
         lines += ["", "Declined:", ""]
-        lines += [f"- {row['kind']} {row['factor']} ({row['level']}): {row['note']}" for row in declined.iter_rows(named=True)]
-    notes = attribution.filter((pl.col("basis") != "declined") & pl.col("note").is_not_null() & (pl.col("note") != ""))
+        lines += [
+            f"- {row['kind']} {row['factor']} ({row['level']}): {row['note']}"
+            for row in declined.iter_rows(named=True)
+        ]
+    notes = attribution.filter(
+        (pl.col("basis") != "declined") & pl.col("note").is_not_null() & (pl.col("note") != "")
+    )
     if notes.height:
         lines += ["", "Notes:", ""]
-        lines += [f"- {row['kind']} {row['factor']} ({row['level']}): {row['note']}" for row in notes.iter_rows(named=True)]
+        lines += [
+            f"- {row['kind']} {row['factor']} ({row['level']}): {row['note']}"
+            for row in notes.iter_rows(named=True)
+        ]
     return "\n".join(lines) + "\n"
 
 
+COMPONENT_COLUMNS = [
+    "component",
+    "main effect [95% CI]",
+    "Holm p",
+    "resolved",
+    "d_z",
+    "seeds needed",
+    "Shapley",
+    "leave one out",
+    "add one in",
+    "strongest interaction",
+]
+
+
 def _component_table(summary: pl.DataFrame, decimals: int) -> list[str]:
-    lines = [
-        "| component | main effect [95% CI] | Holm p | resolved | d_z | seeds needed | Shapley | leave one out | add one in | strongest interaction |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = ["| " + " | ".join(COMPONENT_COLUMNS) + " |", "|" + "---|" * len(COMPONENT_COLUMNS)]
     for row in summary.iter_rows(named=True):
         interaction = "—"
         if row["interaction"]:
             mark = " (resolved)" if row["interaction_resolved"] else ""
-            interaction = (
-                f"{row['interaction']} ({row['interaction_levels']}) "
-                f"{with_interval(row['interaction_effect'], row['interaction_low'], row['interaction_high'], decimals)}{mark}"
+            effect = with_interval(
+                row["interaction_effect"], row["interaction_low"], row["interaction_high"], decimals
             )
+            interaction = f"{row['interaction']} ({row['interaction_levels']}) {effect}{mark}"
         aliases = f" (aliased with {row['aliases']})" if row["aliases"] else ""
-        lines.append(
-            f"| {row['factor']}: {row['level']} vs {row['reference']}{aliases} "
-            f"| {with_interval(row['effect'], row['ci_low'], row['ci_high'], decimals)} "
-            f"| {p_value(row['p_holm'])} | {_yes_no(row['resolved'])} | {number(row['d_z'], 2)} "
-            f"| {_seeds_needed(row)} "
-            f"| {with_interval(row['shapley'], row['shapley_low'], row['shapley_high'], decimals)} "
-            f"| {with_interval(row['leave_one_out'], row['leave_one_out_low'], row['leave_one_out_high'], decimals)} "
-            f"| {with_interval(row['add_one_in'], row['add_one_in_low'], row['add_one_in_high'], decimals)} "
-            f"| {interaction} |"
-        )
+        cells = [
+            f"{row['factor']}: {row['level']} vs {row['reference']}{aliases}",
+            with_interval(row["effect"], row["ci_low"], row["ci_high"], decimals),
+            p_value(row["p_holm"]),
+            _yes_no(row["resolved"]),
+            number(row["d_z"], 2),
+            _seeds_needed(row),
+            interval_of(row, "shapley", decimals),
+            interval_of(row, "leave_one_out", decimals),
+            interval_of(row, "add_one_in", decimals),
+            interaction,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -232,8 +268,8 @@ def _verdicts(summary: pl.DataFrame, decimals: int) -> list[str]:
             verdict = f"resolved from seed noise with {row['seeds']} seeds"
         elif row["seeds_needed"] is not None:
             verdict = (
-                f"not told apart from seed noise with {row['seeds']} seeds; about {row['seeds_needed']} seeds "
-                "would resolve an effect of this size"
+                f"not told apart from seed noise with {row['seeds']} seeds; "
+                f"about {row['seeds_needed']} seeds would resolve an effect of this size"
             )
         else:
             verdict = f"not told apart from seed noise with {row['seeds']} seeds"
@@ -244,7 +280,12 @@ def _verdicts(summary: pl.DataFrame, decimals: int) -> list[str]:
 def _anova_table(anova: pl.DataFrame) -> list[str]:
     if anova.is_empty():
         return ["Analysis of variance: not available for this metric."]
-    lines = ["Share of variance (type II sums of squares, seeds as blocks):", "", "| term | df | share | F | p |", "|---|---|---|---|---|"]
+    lines = [
+        "Share of variance (type II sums of squares, seeds as blocks):",
+        "",
+        "| term | df | share | F | p |",
+        "|---|---|---|---|---|",
+    ]
     for row in anova.iter_rows(named=True):
         lines.append(
             f"| {row['term']} | {row['df']:.0f} | {number(row['share'], 3, signed=False)} "
@@ -259,7 +300,11 @@ def _figures_section(figures: dict[str, list[pathlib.Path]], folder: pathlib.Pat
         png = [path for path in paths if path.suffix == ".png"]
         for path in png:
             relative = path.relative_to(folder)
-            lines += [f"![{title}]({relative.as_posix()})", f"*{title}* (also `{relative.with_suffix('.svg').as_posix()}`)", ""]
+            lines += [
+                f"![{title}]({relative.as_posix()})",
+                f"*{title}* (also `{relative.with_suffix('.svg').as_posix()}`)",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -280,17 +325,22 @@ def latex_table(summary: pl.DataFrame, study: str) -> str:
                     "Effect [95% CI]": with_interval(row["effect"], row["ci_low"], row["ci_high"], decimals),
                     "Holm p": p_value(row["p_holm"]),
                     "d_z": number(row["d_z"], 2),
-                    "Shapley [95% CI]": with_interval(row["shapley"], row["shapley_low"], row["shapley_high"], decimals),
+                    "Shapley [95% CI]": interval_of(row, "shapley", decimals),
                 }
             )
-    frame = pd.DataFrame(rows, columns=["Metric", "Component", "Effect [95% CI]", "Holm p", "d_z", "Shapley [95% CI]"])
+    frame = pd.DataFrame(
+        rows, columns=["Metric", "Component", "Effect [95% CI]", "Holm p", "d_z", "Shapley [95% CI]"]
+    )
     frame = frame.replace("—", "--")
     styler = frame.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
     return styler.to_latex(
         hrules=True,
         column_format="llllrl",
         position_float="centering",
-        caption=f"Effects of each component in study {escape_latex(study)}, with 95\\% bootstrap intervals over seeds.",
+        caption=(
+            f"Effects of each component in study {escape_latex(study)}, "
+            "with 95\\% intervals by bootstrap over seeds."
+        ),
         label=f"tab:effects-{study}",
     )
 

@@ -101,7 +101,9 @@ def _factorial_contrasts(design: Design, kind: str):
             yield _interaction_estimand(design, kind, term.factors, indices, levels)
 
 
-def _interaction_estimand(design: Design, kind: str, names: tuple[str, ...], indices: list[int], levels: tuple[int, ...]):
+def _interaction_estimand(
+    design: Design, kind: str, names: tuple[str, ...], indices: list[int], levels: tuple[int, ...]
+):
     """Return the difference-of-differences contrast of `levels` against the references."""
     # +1 at the level, -1 at the reference, 0 elsewhere, multiplied across the
     # term's factors: the r-th order difference. Other factors get uniform

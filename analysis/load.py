@@ -42,7 +42,11 @@ class StudyRuns:
 
     def metric_names(self) -> list[str]:
         """Return the evaluation metrics, in-domain first."""
-        names = [column for column in self.runs.columns if column.startswith("eval/") and not is_count_metric(column)]
+        names = [
+            column
+            for column in self.runs.columns
+            if column.startswith("eval/") and not is_count_metric(column)
+        ]
         return sorted(names, key=lambda name: (not name.startswith("eval/test/"), "window_" in name, name))
 
     def tasks(self) -> list[str]:
@@ -82,11 +86,15 @@ def load_study(study_dir: str | pathlib.Path, tracking_uri: str | None = None) -
     name = study_dir.name
     uri = tracking_uri or tracking.default_uri(study_dir)
     if uri.startswith("sqlite:///") and not pathlib.Path(uri.removeprefix("sqlite:///")).exists():
-        raise FileNotFoundError(f"no MLflow store at {uri}; run `ablate run` for the study first, or pass --tracking-uri.")
+        raise FileNotFoundError(
+            f"no MLflow store at {uri}; run `ablate run` for the study first, or pass --tracking-uri."
+        )
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        raise FileNotFoundError(f"no MLflow experiment named {name!r} in {uri}; is {study_dir} a study folder?")
+        raise FileNotFoundError(
+            f"no MLflow experiment named {name!r} in {uri}; is {study_dir} a study folder?"
+        )
     parents = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'study'", max_results=1
     )
@@ -110,8 +118,19 @@ def load_study(study_dir: str | pathlib.Path, tracking_uri: str | None = None) -
         row.update({factor: tags.get(f"factor.{factor}", "") for factor in factors})
         row.update(run.data.metrics)
         rows.append(row)
-    frame = pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame(
-        schema={"run_id": pl.String, "trial": pl.String, "cell": pl.String, "status": pl.String, "failure": pl.String, "seed": pl.Int64}
+    frame = (
+        pl.DataFrame(rows, infer_schema_length=None)
+        if rows
+        else pl.DataFrame(
+            schema={
+                "run_id": pl.String,
+                "trial": pl.String,
+                "cell": pl.String,
+                "status": pl.String,
+                "failure": pl.String,
+                "seed": pl.Int64,
+            }
+        )
     )
     return StudyRuns(name, uri, parent.info.run_id, factors, seeds, frame)
 
@@ -137,5 +156,12 @@ def load_histories(study: StudyRuns, prefixes: tuple[str, ...] = ("train/",)) ->
             if trial[key] is None:
                 continue
             for point in client.get_metric_history(trial["run_id"], key):
-                rows.append({**{name: trial[name] for name in identity}, "metric": key, "step": point.step, "value": point.value})
+                rows.append(
+                    {
+                        **{name: trial[name] for name in identity},
+                        "metric": key,
+                        "step": point.step,
+                        "value": point.value,
+                    }
+                )
     return pl.DataFrame(rows, schema=schema).sort(["metric", "cell", "seed", "step"])

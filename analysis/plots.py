@@ -51,10 +51,14 @@ def save(figure: matplotlib.figure.Figure, stem: pathlib.Path) -> list[pathlib.P
 
 
 def _rows(table: pl.DataFrame, metric: str, kind: str) -> pl.DataFrame:
-    return table.filter((pl.col("metric") == metric) & (pl.col("kind") == kind) & pl.col("effect").is_not_null())
+    return table.filter(
+        (pl.col("metric") == metric) & (pl.col("kind") == kind) & pl.col("effect").is_not_null()
+    )
 
 
-def waterfall(attribution: pl.DataFrame, metric: str, baseline_value: float, stem: pathlib.Path) -> list[pathlib.Path]:
+def waterfall(
+    attribution: pl.DataFrame, metric: str, baseline_value: float, stem: pathlib.Path
+) -> list[pathlib.Path]:
     """Draw the path from the baseline to the full recipe, one step per Shapley value.
 
     Steps are sorted from the largest gain to the largest loss; whiskers are
@@ -76,7 +80,15 @@ def waterfall(attribution: pl.DataFrame, metric: str, baseline_value: float, ste
         colors = [PALETTE[0] if value >= 0 else PALETTE[3] for value in values]
         errors = [values - steps["ci_low"].to_numpy(), steps["ci_high"].to_numpy() - values]
         axis.bar(positions[1:-1], values, bottom=starts, color=colors, width=0.6)
-        axis.errorbar(positions[1:-1], starts + values, yerr=np.abs(errors), fmt="none", ecolor="black", capsize=2, linewidth=0.8)
+        axis.errorbar(
+            positions[1:-1],
+            starts + values,
+            yerr=np.abs(errors),
+            fmt="none",
+            ecolor="black",
+            capsize=2,
+            linewidth=0.8,
+        )
         axis.bar(positions[-1], full_value, color="0.3", width=0.6)
         for position, start, value in zip(positions[1:-1], starts, values):
             axis.plot([position - 0.7, position - 0.3], [start, start], color="0.5", linewidth=0.6)
@@ -101,14 +113,27 @@ def forest(attribution: pl.DataFrame, metrics: list[str], stem: pathlib.Path) ->
     components = _components(attribution.filter(pl.col("metric").is_in(metrics)))
     with plt.rc_context(PAPER_STYLE):
         figure, axes = plt.subplots(
-            1, len(metrics), figsize=(2.6 * len(metrics) + 1.2, 0.5 + 0.42 * len(components)), squeeze=False, sharey=True
+            1,
+            len(metrics),
+            figsize=(2.6 * len(metrics) + 1.2, 0.5 + 0.42 * len(components)),
+            squeeze=False,
+            sharey=True,
         )
         for axis, metric in zip(axes[0], metrics):
             _forest_panel(axis, attribution, metric, components)
-        axes[0][0].set_yticks(np.arange(len(components)), [f"{factor}: {level}" for factor, level in components])
+        axes[0][0].set_yticks(
+            np.arange(len(components)), [f"{factor}: {level}" for factor, level in components]
+        )
         axes[0][0].invert_yaxis()
         handles, labels = axes[0][0].get_legend_handles_labels()
-        figure.legend(handles, labels, loc="lower center", ncol=len(KIND_LABELS), frameon=False, bbox_to_anchor=(0.5, -0.02))
+        figure.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=len(KIND_LABELS),
+            frameon=False,
+            bbox_to_anchor=(0.5, -0.02),
+        )
         figure.tight_layout(rect=(0, 0.06, 1, 1))
         return save(figure, stem)
 
@@ -149,7 +174,11 @@ def interaction_heatmap(attribution: pl.DataFrame, metric: str, stem: pathlib.Pa
     if main.is_empty():
         return []
     factors = list(dict.fromkeys(attribution.filter(pl.col("kind") == "main")["factor"].to_list()))
-    last_levels = {factor: main.filter(pl.col("factor") == factor)["level"].to_list()[-1] for factor in factors if factor in set(main["factor"])}
+    last_levels = {
+        factor: main.filter(pl.col("factor") == factor)["level"].to_list()[-1]
+        for factor in factors
+        if factor in set(main["factor"])
+    }
     values = np.full((len(factors), len(factors)), np.nan)
     marks = np.full(values.shape, "", dtype=object)
     for row in main.iter_rows(named=True):
@@ -179,7 +208,9 @@ def interaction_heatmap(attribution: pl.DataFrame, metric: str, stem: pathlib.Pa
         return save(figure, stem)
 
 
-def learning_curves(histories: pl.DataFrame, stem: pathlib.Path, metrics: list[str] | None = None) -> list[pathlib.Path]:
+def learning_curves(
+    histories: pl.DataFrame, stem: pathlib.Path, metrics: list[str] | None = None
+) -> list[pathlib.Path]:
     """Draw each cell's mean curve over seeds, with the seeds' range as a band; one panel per metric."""
     if histories.is_empty():
         return []
@@ -192,14 +223,20 @@ def learning_curves(histories: pl.DataFrame, stem: pathlib.Path, metrics: list[s
             summary = (
                 histories.filter(pl.col("metric") == metric)
                 .group_by("cell", "step")
-                .agg(pl.col("value").mean().alias("mean"), pl.col("value").min().alias("low"), pl.col("value").max().alias("high"))
+                .agg(
+                    pl.col("value").mean().alias("mean"),
+                    pl.col("value").min().alias("low"),
+                    pl.col("value").max().alias("high"),
+                )
                 .sort("cell", "step")
             )
             for index, cell in enumerate(cells):
                 curve = summary.filter(pl.col("cell") == cell)
                 color = colors(index % colors.N)
                 axis.plot(curve["step"], curve["mean"], color=color, linewidth=1.0, label=cell)
-                axis.fill_between(curve["step"], curve["low"], curve["high"], color=color, alpha=0.15, linewidth=0)
+                axis.fill_between(
+                    curve["step"], curve["low"], curve["high"], color=color, alpha=0.15, linewidth=0
+                )
             axis.set_title(metric)
             axis.set_xlabel("step")
         axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
@@ -230,10 +267,15 @@ def task_bars(attribution: pl.DataFrame, metrics: list[str], stem: pathlib.Path)
 def _task_panel(axis, attribution: pl.DataFrame, task: str, metrics: list[str]) -> None:
     main = attribution.filter((pl.col("kind") == "main") & pl.col("metric").is_in(metrics))
     factors = list(dict.fromkeys(main["factor"].to_list()))
-    last_levels = {factor: main.filter(pl.col("factor") == factor)["level"].to_list()[-1] for factor in factors}
+    last_levels = {
+        factor: main.filter(pl.col("factor") == factor)["level"].to_list()[-1] for factor in factors
+    }
     width = 0.8 / len(metrics)
     for index, metric in enumerate(metrics):
-        rows = {(row["factor"], row["level"]): row for row in _rows(attribution, metric, "main").iter_rows(named=True)}
+        rows = {
+            (row["factor"], row["level"]): row
+            for row in _rows(attribution, metric, "main").iter_rows(named=True)
+        }
         positions, effects, lows, highs = [], [], [], []
         for position, factor in enumerate(factors):
             row = rows.get((factor, last_levels[factor]))
@@ -242,32 +284,23 @@ def _task_panel(axis, attribution: pl.DataFrame, task: str, metrics: list[str]) 
                 effects.append(row["effect"])
                 lows.append(row["effect"] - row["ci_low"])
                 highs.append(row["ci_high"] - row["effect"])
-        axis.bar(positions, effects, width=width, yerr=[lows, highs], capsize=2, label=metric.rsplit("/", 1)[-1],
-                 color=PALETTE[index % len(PALETTE)], error_kw={"linewidth": 0.8})
+        axis.bar(
+            positions,
+            effects,
+            width=width,
+            yerr=[lows, highs],
+            capsize=2,
+            label=metric.rsplit("/", 1)[-1],
+            color=PALETTE[index % len(PALETTE)],
+            error_kw={"linewidth": 0.8},
+        )
     axis.axhline(0.0, color="0.4", linewidth=0.6)
-    axis.set_xticks(range(len(factors)), [f"{factor}: {last_levels[factor]}" for factor in factors], rotation=30, ha="right")
+    axis.set_xticks(
+        range(len(factors)),
+        [f"{factor}: {last_levels[factor]}" for factor in factors],
+        rotation=30,
+        ha="right",
+    )
     axis.set_title(f"task: {task}")
     axis.set_ylabel("main effect (95% CI)")
     axis.legend(frameon=False)
-
-
-def effects_bar_chart(effects: pl.DataFrame, metrics: list[str], path: pathlib.Path) -> None:
-    """Draw one panel per metric: each component's effect with its 95% interval."""
-    metrics = [metric for metric in metrics if metric in set(effects["metric"].to_list())]
-    columns = max(1, len(metrics))
-    figure, axes = plt.subplots(1, columns, figsize=(4.2 * columns, 3.2), squeeze=False)
-    for axis, metric in zip(axes[0], metrics):
-        rows = effects.filter(pl.col("metric") == metric)
-        labels = [f"{factor}\n{level} vs {reference}" for factor, level, reference in rows.select("factor", "level", "reference").iter_rows()]
-        effect = rows["effect"].to_numpy()
-        lower = effect - rows["ci_low"].to_numpy()
-        upper = rows["ci_high"].to_numpy() - effect
-        colors = ["tab:blue" if value >= 0 else "tab:red" for value in effect]
-        axis.bar(range(len(effect)), effect, yerr=[lower, upper], color=colors, capsize=4)
-        axis.axhline(0.0, color="black", linewidth=0.8)
-        axis.set_xticks(range(len(effect)), labels, fontsize=8)
-        axis.set_title(metric, fontsize=10)
-        axis.set_ylabel("effect (95% CI over seeds)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=150)
-    plt.close(figure)

@@ -73,7 +73,9 @@ def seeds_needed(d_z: np.ndarray, alpha: float = ALPHA, target: float = TARGET_P
     """
     d_z = np.abs(np.asarray(d_z, float))
     searchable = np.isfinite(d_z) & (d_z > 0)
-    searchable &= np.where(searchable, paired_power(np.where(searchable, d_z, 0.0), MAX_SEEDS, alpha) >= target, False)
+    searchable &= np.where(
+        searchable, paired_power(np.where(searchable, d_z, 0.0), MAX_SEEDS, alpha) >= target, False
+    )
     low = np.full(d_z.shape, 2.0)
     high = np.full(d_z.shape, float(MAX_SEEDS))
     while np.any(searchable & (low < high)):

@@ -79,7 +79,9 @@ def analyze(
     files += [report_path, latex_path]
 
     failed = study.runs.filter(pl.col("status") != "FINISHED")["trial"].to_list() if study.runs.height else []
-    return AnalysisOutput(folder, effects, files, study.missing_cells(), failed, table, components, shares, report_path)
+    return AnalysisOutput(
+        folder, effects, files, study.missing_cells(), failed, table, components, shares, report_path
+    )
 
 
 def _design_trials(study: load.StudyRuns) -> int:
@@ -91,7 +93,9 @@ def _design_trials(study: load.StudyRuns) -> int:
 
 def _write_tables(folder, study, table, effects, shares, components) -> list[pathlib.Path]:
     outputs = {
-        "runs.csv": study.runs.select([column for column in study.runs.columns if study.runs[column].dtype != pl.Object]),
+        "runs.csv": study.runs.select(
+            [column for column in study.runs.columns if study.runs[column].dtype != pl.Object]
+        ),
         "effects.csv": effects,
         "attribution.csv": table,
         "anova.csv": shares,
@@ -113,10 +117,16 @@ def _draw_figures(folder, study, finished, table, metrics) -> dict[str, list[pat
         slug = metric.replace("/", "_")
         baseline = baseline_value(finished, study.factors, metric)
         if baseline is not None:
-            figures[f"Waterfall of {metric}"] = plots.waterfall(table, metric, baseline, figures_dir / f"waterfall_{slug}")
-        figures[f"Interactions on {metric}"] = plots.interaction_heatmap(table, metric, figures_dir / f"interactions_{slug}")
+            figures[f"Waterfall of {metric}"] = plots.waterfall(
+                table, metric, baseline, figures_dir / f"waterfall_{slug}"
+            )
+        figures[f"Interactions on {metric}"] = plots.interaction_heatmap(
+            table, metric, figures_dir / f"interactions_{slug}"
+        )
     figures["Effects with 95% intervals"] = plots.forest(table, headline, figures_dir / "forest")
-    figures["Main effects per evaluation task"] = plots.task_bars(table, metrics, figures_dir / "task_effects")
+    figures["Main effects per evaluation task"] = plots.task_bars(
+        table, metrics, figures_dir / "task_effects"
+    )
     histories = load.load_histories(study)
     figures["Learning curves per cell"] = plots.learning_curves(histories, figures_dir / "learning_curves")
     return {caption: paths for caption, paths in figures.items() if paths}
@@ -141,14 +151,19 @@ def format_table(table: pl.DataFrame, metrics: list[str] | None = None) -> str:
     """
     if metrics:
         table = table.filter(pl.col("metric").is_in(metrics))
-    lines = [f"{'metric':<24} {'component':<30} {'effect':>8} {'95% CI':>20} {'Holm p':>8} {'seeds':>5}"]
+    decimals = document.decimals_for(table) if table.height else 3
+    lines = [f"{'metric':<24} {'component':<30} {'effect':>9} {'95% CI':>20} {'Holm p':>8} {'seeds':>5}"]
     for row in table.iter_rows(named=True):
         component = f"{row['factor']}: {row['level']} vs {row['reference']}"
         if row["effect"] is None:
             lines.append(f"{row['metric']:<24} {component:<30} declined: {row.get('note') or 'no estimate'}")
             continue
-        interval = f"[{document.number(row['ci_low'])}, {document.number(row['ci_high'])}]"
+        effect = document.number(row["effect"], decimals)
+        interval = (
+            f"[{document.number(row['ci_low'], decimals)}, {document.number(row['ci_high'], decimals)}]"
+        )
         p_holm = document.p_value(row.get("p_holm")) + ("*" if row.get("resolved") else " ")
-        seeds = row["seeds"] if row["seeds"] is not None else 0
-        lines.append(f"{row['metric']:<24} {component:<30} {row['effect']:>+8.3f} {interval:>20} {p_holm:>8} {seeds:>5}")
+        lines.append(
+            f"{row['metric']:<24} {component:<30} {effect:>9} {interval:>20} {p_holm:>8} {row['seeds']:>5}"
+        )
     return "\n".join(lines)

@@ -15,6 +15,7 @@ cost one matrix product each instead of one shapiq call each.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 
@@ -39,16 +40,20 @@ def value_weights(players: int, kind: str) -> np.ndarray:
             "because the cost grows as 4**players."
         )
     # shapiq imports its approximators too, which takes seconds; load it only here.
-    from shapiq.game_theory.exact import ExactComputer
+    with warnings.catch_warnings():
+        # shapiq loads tqdm.auto, which warns in a Jupyter kernel without ipywidgets.
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from shapiq.game_theory.exact import ExactComputer
 
     bits = 1 << np.arange(players)
     weights = np.zeros((players, 2**players))
     for mask in range(2**players):
-        iv = ExactComputer(functools.partial(_basis_game, bits=bits, mask=mask), n_players=players)(
-            INDICES[kind], order=1
-        )
+        game = functools.partial(_basis_game, bits=bits, mask=mask)
+        interaction_values = ExactComputer(game, n_players=players)(INDICES[kind], order=1)
         for player in range(players):
-            weights[player, mask] = iv.values[iv.interaction_lookup[(player,)]]
+            weights[player, mask] = interaction_values.values[
+                interaction_values.interaction_lookup[(player,)]
+            ]
     weights.setflags(write=False)
     return weights
 

@@ -58,7 +58,9 @@ class PlantedMetric:
 def _at_levels(design: Design, factors: list[str], levels: list[str]) -> np.ndarray:
     """Return 1.0 for the cells where every factor is at its level, else 0.0."""
     if len(factors) != len(levels):
-        raise ValueError(f"term {':'.join(factors)} has {len(factors)} factors but levels {':'.join(levels)}.")
+        raise ValueError(
+            f"term {':'.join(factors)} has {len(factors)} factors but levels {':'.join(levels)}."
+        )
     selected = np.ones(design.cell_count, dtype=bool)
     for factor, level in zip(factors, levels):
         if factor not in design.factors or level not in design.factors[factor]:
@@ -87,8 +89,14 @@ class SimulatedStudy:
             truth = estimands.weights @ means
             for item, value in zip(estimands.items, truth):
                 rows.append(
-                    {"metric": metric, "kind": item.kind, "factor": item.factor, "level": item.level,
-                     "reference": item.reference, "truth": float(value)}
+                    {
+                        "metric": metric,
+                        "kind": item.kind,
+                        "factor": item.factor,
+                        "level": item.level,
+                        "reference": item.reference,
+                        "truth": float(value),
+                    }
                 )
         return pl.DataFrame(rows)
 
@@ -111,7 +119,9 @@ def simulate_study(
     design = Design(factors)
     indices = range(design.cell_count) if cells is None else [design.cell_index(cell) for cell in cells]
     means = {metric: planted.cell_means(design) for metric, planted in metrics.items()}
-    seed_effects = {metric: rng.normal(0.0, planted.seed_sd, len(seeds)) for metric, planted in metrics.items()}
+    seed_effects = {
+        metric: rng.normal(0.0, planted.seed_sd, len(seeds)) for metric, planted in metrics.items()
+    }
 
     rows = []
     for cell in indices:
@@ -126,15 +136,36 @@ def simulate_study(
                 "failure": "simulated failure" if failed else "",
                 "seed": seed,
             }
-            row.update(dict(zip(design.names, (design.factors[name][index] for name, index in zip(design.names, design.cells[cell])))))
+            row.update(
+                dict(
+                    zip(
+                        design.names,
+                        (
+                            design.factors[name][index]
+                            for name, index in zip(design.names, design.cells[cell])
+                        ),
+                    )
+                )
+            )
             for metric, planted in metrics.items():
                 noise = rng.normal(0.0, planted.noise_sd)
-                row[metric] = None if failed else float(means[metric][cell] + seed_effects[metric][position] + noise)
+                row[metric] = (
+                    None if failed else float(means[metric][cell] + seed_effects[metric][position] + noise)
+                )
             rows.append(row)
-    schema = {"run_id": pl.String, "trial": pl.String, "cell": pl.String, "status": pl.String, "failure": pl.String, "seed": pl.Int64}
+    schema = {
+        "run_id": pl.String,
+        "trial": pl.String,
+        "cell": pl.String,
+        "status": pl.String,
+        "failure": pl.String,
+        "seed": pl.Int64,
+    }
     schema.update({name: pl.String for name in design.names})
     schema.update({metric: pl.Float64 for metric in metrics})
-    return SimulatedStudy(name, design.factors, list(seeds), pl.DataFrame(rows, schema=schema), means, dict(metrics))
+    return SimulatedStudy(
+        name, design.factors, list(seeds), pl.DataFrame(rows, schema=schema), means, dict(metrics)
+    )
 
 
 def fractional_cells(factors: dict[str, list[str]], generators: str) -> list[dict[str, str]]:
@@ -162,7 +193,12 @@ def learning_curve(final_loss: float, steps: int, rng: np.random.Generator) -> n
 
 
 def record_study(
-    study: SimulatedStudy, runs_root: str | pathlib.Path, *, steps: int = 10, seed: int = 0, tracking_uri: str | None = None
+    study: SimulatedStudy,
+    runs_root: str | pathlib.Path,
+    *,
+    steps: int = 10,
+    seed: int = 0,
+    tracking_uri: str | None = None,
 ) -> pathlib.Path:
     """Write a simulated study to MLflow as `ablate run` would; returns the study folder.
 
@@ -178,7 +214,9 @@ def record_study(
     study_dir.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or tracking.default_uri(study_dir)
     study_file = study_dir / "study.json"
-    study_file.write_text(json.dumps({"name": study.name, "factors": study.factors, "seeds": study.seeds}, indent=2))
+    study_file.write_text(
+        json.dumps({"name": study.name, "factors": study.factors, "seeds": study.seeds}, indent=2)
+    )
     experiment_id, parent_run_id = tracking.start_study(
         uri, study.name, study.factors, study.seeds, study_file, study_dir / "artifacts"
     )
@@ -199,9 +237,16 @@ def record_study(
         loss = learning_curve(1.0 - final, steps, rng)
         now = int(time.time() * 1000)
         history = [Metric("train/loss", float(value), now + step, step) for step, value in enumerate(loss)]
-        history += [Metric("train/learning_rate", 1e-3 * (1 - step / steps), now + step, step) for step in range(steps)]
+        history += [
+            Metric("train/learning_rate", 1e-3 * (1 - step / steps), now + step, step)
+            for step in range(steps)
+        ]
         if row["status"] == "FINISHED":
-            history += [Metric(metric, float(row[metric]), now + steps, steps) for metric in metric_names if row[metric] is not None]
+            history += [
+                Metric(metric, float(row[metric]), now + steps, steps)
+                for metric in metric_names
+                if row[metric] is not None
+            ]
         trial.client.log_batch(trial.run_id, metrics=history)
         if row["status"] == "FINISHED":
             trial.finish()

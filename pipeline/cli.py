@@ -97,6 +97,21 @@ def _tracking_server(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pipeline import bench
+
+    options = bench.BenchOptions(
+        data_root=pathlib.Path(args.data_root).resolve(),
+        output=pathlib.Path(args.output),
+        presets=tuple(args.presets.split(",")),
+        steps=args.steps,
+        run_study=not args.no_study,
+    )
+    bench.run(options)
+    print(f"Wrote {options.output / 'benchmark.json'} and {options.output / 'benchmark.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
     server.add_argument("--workers", type=int, default=4, help="server worker processes (default: 4)")
     server.set_defaults(handler=_tracking_server)
+
+    bench = commands.add_parser("bench", help="measure training, input, evaluation and study overhead on this machine")
+    bench.add_argument("--data-root", default="../shared/data/insectset32", help="InsectSet32 folder (default: ../shared/data/insectset32)")
+    bench.add_argument("--output", default="runs/bench", help="folder for benchmark.json and benchmark.md (default: runs/bench)")
+    bench.add_argument("--presets", default="tiny,small,efficientnet_b0,efficientnet_b3", help="comma-separated backbone presets")
+    bench.add_argument("--steps", type=int, default=10, help="timed training steps per preset (default: 10)")
+    bench.add_argument("--no-study", action="store_true", help="skip the small study that measures orchestration overhead")
+    bench.set_defaults(handler=_bench)
     return parser
 
 

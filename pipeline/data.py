@@ -59,7 +59,9 @@ def resolve_root(config: Config, base_dir: pathlib.Path) -> pathlib.Path:
 
 
 def _split_labels(text: str) -> list[str]:
-    return [part for part in re.split(r"[;,\s]+", text.strip()) if part]
+    """Split a secondary-label cell: on semicolons when it has any, else on commas and spaces."""
+    separator = r";" if ";" in text else r"[,\s]+"
+    return [part.strip() for part in re.split(separator, text.strip()) if part.strip()]
 
 
 def prepare_dataset(config: Config, base_dir: pathlib.Path, cache_dir: pathlib.Path) -> Dataset:

@@ -310,15 +310,15 @@ def evaluate_transfer(
 def _classes_with_train_recordings(dataset: data.Dataset, config: Config, classes: np.ndarray) -> np.ndarray:
     """Return the classes that have a train-split recording, logging the others."""
     train, _ = _probe_recordings(dataset, config, classes)
-    kept = np.unique(primary_class(dataset, train))
-    left_out = sorted(set(classes.tolist()) - set(kept.tolist()))
+    probed = np.unique(primary_class(dataset, train))
+    left_out = sorted(set(classes.tolist()) - set(probed.tolist()))
     if left_out:
         log.warning(
             "Transfer probes leave out %d classes without train-split recordings: %s",
             len(left_out),
             ", ".join(dataset.classes[index] for index in left_out),
         )
-    return kept
+    return probed
 
 
 def _export_recordings(

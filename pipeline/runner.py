@@ -44,16 +44,12 @@ def _xla_flags(threads: int) -> str:
     return " ".join(flags)
 
 
-def run_trial(params: dict[str, Any]) -> None:
-    """Ray Tune function trainable: one trial, tracked in its MLflow child run."""
+def _configure_worker(context: dict[str, Any]) -> None:
+    """Set XLA threads to the CPUs Ray gave this trial and share compiled programs."""
     import ray
-    from ray import tune
 
-    context = params["context"]
-    payload = params["trial"]
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     os.environ["XLA_FLAGS"] = _xla_flags(max(1, int(cpus)))
-
     # The persistent compilation cache lets trials of the same program
     # shape reuse one compilation. It is configured through the environment
     # so that it holds however jax was first imported in this worker.
@@ -64,41 +60,77 @@ def run_trial(params: dict[str, Any]) -> None:
     jax.config.update("jax_compilation_cache_dir", context["compilation_cache"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
+
+def run_trial(params: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one trial (or one packed cell), tracked in MLflow child runs."""
+    from ray import tune
+
+    context = params["context"]
+    _configure_worker(context)
     from pipeline import config as config_lib
     from pipeline import train
 
-    run = tracking.TrialRun(context["tracking_uri"], context["experiment_id"], context["parent_run_id"], payload)
+    payloads = params["trial"]["packed"] if "packed" in params["trial"] else [params["trial"]]
+    runs = [
+        tracking.TrialRun(context["tracking_uri"], context["experiment_id"], context["parent_run_id"], payload)
+        for payload in payloads
+    ]
 
-    def report(metrics: dict[str, float], step: int | None) -> None:
-        run.log_metrics(metrics, step)
-        tune.report({**metrics, "step": step if step is not None else -1})
+    def reporter(run: tracking.TrialRun, index: int):
+        def report(metrics: dict[str, float], step: int | None) -> None:
+            run.log_metrics(metrics, step)
+            if index == 0:
+                tune.report({**metrics, "step": step if step is not None else -1})
 
-    config = config_lib.from_dict(payload["config"])
+        return report
+
+    configs = [config_lib.from_dict(payload["config"]) for payload in payloads]
     study_dir = pathlib.Path(context["study_dir"])
-    workdir = study_dir / "trials" / payload["config_hash"]
-    checkpoint = None
-    if context["checkpoint_every"] > 0:
-        checkpoint = train.CheckpointOptions(
-            every_steps=context["checkpoint_every"],
-            keep=context["keep_checkpoints"],
-            budget_folder=study_dir / "trials",
-            budget_bytes=context["disk_budget_bytes"],
-        )
+    workdirs = [study_dir / "trials" / payload["config_hash"] for payload in payloads]
+    reports = [reporter(run, index) for index, run in enumerate(runs)]
     try:
-        train.train_and_evaluate(
-            config, workdir, report, base_dir=context["base_dir"], cache_dir=context["audio_cache"], checkpoint=checkpoint
-        )
+        if len(configs) > 1:
+            from pipeline import packing
+
+            packing.train_and_evaluate_packed(
+                configs, workdirs, reports, base_dir=context["base_dir"], cache_dir=context["audio_cache"]
+            )
+        else:
+            checkpoint = None
+            if context["checkpoint_every"] > 0:
+                checkpoint = train.CheckpointOptions(
+                    every_steps=context["checkpoint_every"],
+                    keep=context["keep_checkpoints"],
+                    budget_folder=study_dir / "trials",
+                    budget_bytes=context["disk_budget_bytes"],
+                )
+            train.train_and_evaluate(
+                configs[0], workdirs[0], reports[0], base_dir=context["base_dir"], cache_dir=context["audio_cache"], checkpoint=checkpoint
+            )
     except train.NonFiniteLossError as error:
         # Divergence is deterministic for a seed, so it is recorded and not retried.
-        run.log_metrics(error.metrics, error.step)
-        run.fail(str(error), error.step)
+        for run in runs:
+            run.log_metrics(error.metrics, error.step)
+            run.fail(str(error), error.step)
         tune.report({"failed": 1.0, "step": error.step})
         return
     except BaseException as error:
-        run.fail(f"{type(error).__name__}: {error}\n{traceback.format_exc()[-3000:]}")
+        for run in runs:
+            run.fail(f"{type(error).__name__}: {error}\n{traceback.format_exc()[-3000:]}")
         raise
-    run.log_artifacts(workdir)
-    run.finish()
+    for run, workdir in zip(runs, workdirs):
+        run.log_artifacts(workdir)
+        run.finish()
+
+
+def _payloads(pending: list[study_lib.Trial], pack_seeds: bool) -> list[dict[str, Any]]:
+    """Return one Tune config per trial, or per cell when seeds are packed."""
+    if not pack_seeds:
+        return [study_lib.trial_payload(trial) for trial in pending]
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for trial in pending:
+        cells.setdefault(trial.cell_id, []).append(study_lib.trial_payload(trial))
+    return [{"packed": group, "trial_id": group[0]["cell_id"]} for group in cells.values()]
 
 
 def prepare_audio(study: study_lib.Study, cache_dir: pathlib.Path) -> None:
@@ -207,12 +239,15 @@ def run_study(
     concurrency = max_concurrent or study.max_concurrent_trials or 0
     slots = int(ray.cluster_resources().get("CPU", 1) // study.cpus_per_trial)
     slots = min(slots, concurrency) if concurrency else slots
-    callback = progress.StudyProgress(len(study.trials), len(study.trials) - len(pending), max(1, slots))
+    seeds_per_trial = len(study.seeds) if study.seed_packing else 1
+    callback = progress.StudyProgress(
+        len(study.trials) // seeds_per_trial, (len(study.trials) - len(pending)) // seeds_per_trial, max(1, slots)
+    )
     trainable = tune.with_resources(run_trial, {"cpu": study.cpus_per_trial})
     tuner = tune.Tuner(
         trainable,
         param_space={
-            "trial": tune.grid_search([study_lib.trial_payload(trial) for trial in pending]),
+            "trial": tune.grid_search(_payloads(pending, study.seed_packing)),
             "context": context,
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency or None, reuse_actors=False),
@@ -229,7 +264,7 @@ def run_study(
     for result in results:
         trial_id = result.config["trial"]["trial_id"] if result.config else "?"
         if result.error is not None or (result.metrics or {}).get("failed"):
-            failed.append(trial_id)
+            failed.extend([payload["trial_id"] for payload in result.config["trial"]["packed"]] if "packed" in result.config["trial"] else [trial_id])
     tracking.end_study(uri, parent_run_id, failed=len(failed))
     return StudyResult(
         study_dir, uri, parent_run_id, len(study.trials) - len(pending), len(pending) - len(failed), failed, time.perf_counter() - began

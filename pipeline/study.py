@@ -31,6 +31,7 @@ _STUDY_FIELDS = {
     "keep_checkpoints",
     "disk_budget_mb",
     "resolution",
+    "seed_packing",
 }
 _DESIGNS = ("full_factorial", "one_at_a_time", "fractional", "cells")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -83,6 +84,8 @@ class Study:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     disk_budget_mb: float = 0.0
+    # Train the seeds of a cell in one trial with jax.vmap (no checkpoints).
+    seed_packing: bool = False
 
     @property
     def base_dir(self) -> pathlib.Path:
@@ -231,7 +234,15 @@ def load_study(path: str | pathlib.Path) -> Study:
         checkpoint_every=_non_negative(header, "checkpoint_every", 100),
         keep_checkpoints=max(1, _non_negative(header, "keep_checkpoints", 2)),
         disk_budget_mb=float(_non_negative(header, "disk_budget_mb", 0)),
+        seed_packing=_flag(header, "seed_packing"),
     )
+
+
+def _flag(header: dict[str, Any], field: str) -> bool:
+    value = header.get(field, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"study.{field}: expected true or false, got {value!r}.")
+    return value
 
 
 def _cpus(value: Any) -> float:

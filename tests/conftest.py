@@ -39,7 +39,7 @@ def small_config(**overrides) -> config_lib.Config:
     values = {
         "data": {"root": str(INSECTSET32)},
         "train": {"steps": 3, "batch_size": 4, "log_every": 1, "warmup_steps": 1},
-        "eval": {"max_windows_per_recording": 1, "batch_size": 16},
+        "eval": {"max_windows_per_recording": 1, "batch_size": 16, "tasks": ["test"]},
     }
     values = config_lib.merge(values, config_lib.nest(overrides)) if overrides else values
     return config_lib.from_dict(values)

@@ -247,12 +247,12 @@ def test_power_where_scipy_returns_nan():
 
 
 def test_power_columns_follow_d_z():
-    study = simulated(seeds=5)
+    study = simulated(seeds=6)
     table = attribution.attribute(study.runs, FACTORS, ["m"], resamples=199)
     main = table.filter(pl.col("kind") == "main")
 
     for row in main.iter_rows(named=True):
-        assert row["d_z"] == pytest.approx(row["effect"] / (row["standard_error"] * np.sqrt(5)))
+        assert row["d_z"] == pytest.approx(row["effect"] / (row["standard_error"] * np.sqrt(6)))
         assert row["seeds_needed"] == power.seeds_needed(np.array([row["d_z"]]))[0]
         assert 0.0 <= row["power"] <= 1.0
 
@@ -268,10 +268,23 @@ def test_paired_interval_is_studentized_bootstrap():
     assert intervals.valid_resamples > 990
 
 
-def test_three_seeds_use_t_interval():
-    study = simulated(seeds=3)
+@pytest.mark.parametrize(
+    "seeds, method", [(3, bootstrap.T_INTERVAL), (5, bootstrap.T_INTERVAL), (6, bootstrap.BOOTSTRAP_T)]
+)
+def test_interval_method_follows_seed_count(seeds, method):
+    study = simulated(seeds=seeds)
     table = attribution.attribute(study.runs, FACTORS, ["m"], resamples=199, power_analysis=False)
-    assert set(table["interval"].to_list()) == {bootstrap.T_INTERVAL}
+    assert set(table["interval"].to_list()) == {method}
+
+
+def test_resamples_raised_for_holm_family():
+    study = simulated(seeds=6)
+    table = attribution.attribute(study.runs, FACTORS, ["m"], resamples=199, power_analysis=False)
+    factorial_tests = 4 + 7
+
+    # Replicates that draw a single seed are dropped, hence the slack.
+    assert table["resamples"].min() >= 0.99 * 4 * factorial_tests / 0.05
+    assert table.filter(pl.col("kind") == "main")["resolved"].any()
 
 
 def test_one_seed_gives_no_interval():

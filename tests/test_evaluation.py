@@ -7,6 +7,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+import soundfile
 from conftest import small_config
 from fake_models import CountingPredict, spectral_predict
 
@@ -262,3 +263,32 @@ def test_run_tasks_runs_every_task(dataset, tmp_path):
     # only its 205 training windows are new. Batches are padded to 16.
     batches = [72, 205, scores["eval/detection/windows"]]
     assert counting.windows == sum(-(-count // 16) * 16 for count in batches)
+
+
+def test_run_tasks_on_two_class_dataset(tmp_path):
+    rows = [("a.wav", "x", "train"), ("b.wav", "x", "train"), ("c.wav", "y", "train"), ("d.wav", "x", "test")]
+    for name, _, _ in rows:
+        samples = np.random.default_rng(len(name)).normal(0, 0.1, 32_000).astype(np.float32)
+        soundfile.write(tmp_path / name, samples, 32_000)
+    pl.DataFrame(rows, schema=["file_name", "species", "data_set"], orient="row").write_csv(
+        tmp_path / "m.csv"
+    )
+    config = small_config(
+        **{"data.root": str(tmp_path), "data.manifests": ["m.csv"], "audio.window_seconds": 1.0},
+        **FAST_DETECTION,
+    )
+    dataset = data.prepare_dataset(config, tmp_path, tmp_path / "cache")
+
+    scores = evaluation.run_tasks(
+        dataset, config, spectral_predict(dataset.num_classes), tmp_path / "artifacts"
+    )
+
+    assert scores["eval/test/recordings"] == 1
+    assert scores["eval/transfer/classes"] == 2
+    assert scores["eval/transfer/test_recordings"] == 1
+    # One test recording leaves class y without a positive and class x
+    # without a negative, so no class has a ROC AUC.
+    assert np.isnan(scores["eval/transfer/linear_kall_auroc"])
+    assert scores["eval/transfer/linear_kall_top1"] in (0.0, 1.0)
+    assert scores["eval/detection/classes"] == 1
+    assert scores["eval/detection/events"] == 2

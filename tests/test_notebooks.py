@@ -8,7 +8,6 @@ import pathlib
 import nbformat
 import pytest
 from nbclient import NotebookClient
-
 from test_report import recorded_studies
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "analysis" / "notebooks"
@@ -30,7 +29,9 @@ def outputs_text(notebook: nbformat.NotebookNode) -> str:
 
 
 def image_count(notebook: nbformat.NotebookNode) -> int:
-    return sum("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
+    return sum(
+        "image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", [])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,9 @@ def executed(studies, tmp_path_factory) -> dict[str, nbformat.NotebookNode]:
     workdir = tmp_path_factory.mktemp("notebooks")
     notebooks = {name: nbformat.read(NOTEBOOKS / name, as_version=4) for name in NAMES}
     clients = [
-        NotebookClient(notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(workdir)}})
+        NotebookClient(
+            notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(workdir)}}
+        )
         for notebook in notebooks.values()
     ]
 
@@ -81,7 +84,8 @@ def test_comparison_notebook_runs(executed):
 
     assert "Shared metrics: eval/test/auroc, eval/test/cmap, eval/transfer/auroc" in text
     assert "share_of_gain" in text
-    assert "data: data" in text
+    assert "data: factors ['data', 'window'], 24 finished trials, 0 not finished" in text
+    assert "architecture: factors ['prototype', 'mixup'], 23 finished trials, 1 not finished" in text
     assert image_count(notebook) == 2
 
 

@@ -98,9 +98,7 @@ def test_load_lists_failed_trials(studies, monkeypatch_module):
     study = load.load_study(studies["architecture"])
 
     assert study.runs.height == 6 * 4
-    assert study.failed_trials() == [
-        "prototype=on,mixup=pairwise,seed=2 (FAILED: loss became NaN at step 5)"
-    ]
+    assert study.failed_trials() == ["prototype=on,mixup=pairwise,seed=2 (FAILED: loss became NaN at step 5)"]
     assert study.missing_cells() == ["prototype=on,mixup=pairwise,seed=2"]
     assert study.metric_names() == ["eval/test/auroc", "eval/test/cmap", "eval/transfer/auroc"]
     assert study.tasks() == ["test", "transfer"]
