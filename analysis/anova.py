@@ -1,8 +1,8 @@
 """Analysis of variance: each factorial term's share of a metric's variation.
 
-The model is the factorial OLS with sum-to-zero contrasts, fitted by
-statsmodels, with seeds as blocks; fractional or incomplete designs keep
-only the terms that `design.alias_structure` finds estimable.
+The model is the factorial OLS with sum-to-zero contrasts and seeds as
+blocks, fitted by statsmodels. Fractional or incomplete designs keep only
+the terms that `design.alias_structure` finds estimable.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 ALPHA = power.ALPHA
 
-# The first eight columns are those of the earlier main-effects table.
+# The first eight columns are the main-effects table that `ablate analyze`
+# prints; keep their names and order.
 SCHEMA = {
     "metric": pl.String,
     "factor": pl.String,
@@ -116,7 +117,7 @@ def _cell_of(design: Design, row: dict) -> int:
 
 @dataclasses.dataclass
 class Plan:
-    """How each estimand is obtained from the observed cells."""
+    """The route from the observed cells to each estimand."""
 
     structure: AliasStructure
     mapping: np.ndarray  # [cells, observed cells]: all cell means from the observed ones

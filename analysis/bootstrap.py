@@ -20,7 +20,8 @@ simulation of normal per-seed contrasts (1000 studies per seed count,
 distinct resamples (35 with 4 seeds, 126 with 5), and the bootstrap-t
 intervals, while covering 0.94, were 77% (4 seeds) and 33% (5 seeds) wider
 than t intervals, and erratic. Below MIN_BOOTSTRAP_SEEDS seeds the t
-interval (and t-test p-value) is used instead, and the table says so.
+interval (and t-test p-value) is used instead, and the `interval` column
+of the table records which one each row has.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Intervals:
     p_value: np.ndarray
     method: str
     seeds: int
-    # Bootstrap replicates that could be used (all of them for the t interval).
+    # Usable bootstrap replicates; 0 for the t interval.
     valid_resamples: int = 0
 
 
@@ -83,11 +84,24 @@ def paired_intervals(
     # A replicate that draws a single seed has no spread to studentize by.
     usable = (counts > 0).sum(axis=1) >= 2
     counts = counts[usable]
-    mean = per_seed @ counts.T / seeds  # [estimands, resamples]
-    centered = per_seed[:, :, None] - mean[:, None, :]  # [estimands, seeds, resamples]
-    variance = np.einsum("esr,rs->er", centered**2, counts) / (seeds - 1)
-    replicate_error = np.sqrt(variance / seeds)
-    return studentized(estimate, standard_error, mean, replicate_error, seeds, confidence)
+    means, errors = [], []
+    for part in np.array_split(counts, _chunks(len(counts), estimands * seeds)):
+        mean = per_seed @ part.T / seeds  # [estimands, chunk]
+        centered = per_seed[:, :, None] - mean[:, None, :]  # [estimands, seeds, chunk]
+        variance = np.einsum("esr,rs->er", centered**2, part) / (seeds - 1)
+        means.append(mean)
+        errors.append(np.sqrt(variance / seeds))
+    return studentized(estimate, standard_error, np.hstack(means), np.hstack(errors), seeds, confidence)
+
+
+# Elements per intermediate array of a chunk of replicates (32 MB of float64).
+CHUNK_ELEMENTS = 4_000_000
+
+
+def _chunks(replicates: int, elements_per_replicate: int) -> int:
+    """Return how many chunks keep each chunk's arrays under CHUNK_ELEMENTS."""
+    per_chunk = max(1, CHUNK_ELEMENTS // max(1, elements_per_replicate))
+    return max(1, -(-replicates // per_chunk))
 
 
 def studentized(
@@ -177,8 +191,9 @@ def blocked_intervals(
 
     counts = seed_draws(seeds, resamples, rng)  # [resamples, seeds]
     drawn = np.stack([np.repeat(np.arange(seeds), row) for row in counts])  # [resamples, seeds]
-    # Chunks bound the memory of the batched fit: [chunk, parameters, trials] floats.
-    chunks = [fit_blocked(values, part, weights) for part in np.array_split(drawn, max(1, len(drawn) // 256))]
+    # The batched fit holds [chunk, parameters, trials] arrays.
+    size = (cells + seeds - 1) * cells * seeds
+    chunks = [fit_blocked(values, part, weights) for part in np.array_split(drawn, _chunks(len(drawn), size))]
     replicates = np.concatenate([chunk[0] for chunk in chunks])
     replicate_errors = np.concatenate([chunk[1] for chunk in chunks])
     usable = np.isfinite(replicates).all(axis=1)

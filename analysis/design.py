@@ -97,8 +97,8 @@ class Design:
     def _build_model_matrix(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Build the [cells, cells] sum-to-zero model matrix and each term's columns.
 
-        Each factor with L levels gets L - 1 sum-to-zero contrast columns (the
-        last level coded -1, as patsy's `Sum` does); an interaction's columns
+        Each factor with L levels gets L - 1 sum-to-zero contrast columns, with
+        the last level coded -1 as patsy's `Sum` does. An interaction's columns
         are the products of its factors' columns.
         """
         contrasts = {
@@ -133,7 +133,7 @@ def _check_factors(factors: dict[str, list[str]]) -> None:
 
 @dataclasses.dataclass
 class AliasStructure:
-    """Which model terms the observed cells can estimate, and what they absorb.
+    """The model terms that the observed cells can estimate, and the terms each absorbs.
 
     `included` terms are estimated, in order of increasing interaction
     order. An `excluded` term is not estimable once the lower-order terms
@@ -155,8 +155,8 @@ class AliasStructure:
 def alias_structure(design: Design, observed: np.ndarray) -> AliasStructure:
     """Find the terms that the observed cells can estimate, lowest order first.
 
-    Terms enter in hierarchical order (main effects, then two-way
-    interactions, and so on); a term whose columns do not all add to the
+    Terms enter in hierarchical order: main effects, then two-way
+    interactions, and so on. A term whose columns do not all add to the
     rank of the observed rows is aliased with terms already in the model
     and is excluded. This is the usual working assumption for fractional
     factorials: higher-order interactions are the ones taken as negligible.

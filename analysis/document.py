@@ -41,7 +41,7 @@ How to read this report:
 
 @dataclasses.dataclass
 class StudyFacts:
-    """What the report says about the study besides its estimates."""
+    """The facts about a study that the report prints besides its estimates."""
 
     name: str
     tracking_uri: str
@@ -180,26 +180,27 @@ def _metric_section(
             f"(Holm p {p_value(row['p_holm'])}, {row['seeds']} seeds, {row['interval']}).",
             "",
         ]
+
     lines += _component_table(summary, decimals)
     lines += ["", *_verdicts(summary, decimals)]
     lines += ["", *_anova_table(anova)]
+
     declined = attribution.filter(pl.col("basis") == "declined")
-    if declined.height:
-        lines += ["", "Declined:", ""]
-        lines += [
-            f"- {row['kind']} {row['factor']} ({row['level']}): {row['note']}"
-            for row in declined.iter_rows(named=True)
-        ]
-    notes = attribution.filter(
-        (pl.col("basis") != "declined") & pl.col("note").is_not_null() & (pl.col("note") != "")
-    )
-    if notes.height:
-        lines += ["", "Notes:", ""]
-        lines += [
-            f"- {row['kind']} {row['factor']} ({row['level']}): {row['note']}"
-            for row in notes.iter_rows(named=True)
-        ]
+    lines += _listed("Declined:", declined)
+    noted = pl.col("note").is_not_null() & (pl.col("note") != "")
+    lines += _listed("Notes:", attribution.filter((pl.col("basis") != "declined") & noted))
     return "\n".join(lines) + "\n"
+
+
+def _listed(title: str, rows: pl.DataFrame) -> list[str]:
+    """Return a Markdown list of the rows' notes under `title`, or nothing for no rows."""
+    if rows.is_empty():
+        return []
+    items = [
+        f"- {row['kind']} {row['factor']} ({row['level']}): {row['note']}"
+        for row in rows.iter_rows(named=True)
+    ]
+    return ["", title, "", *items]
 
 
 COMPONENT_COLUMNS = [
@@ -244,7 +245,9 @@ def _component_table(summary: pl.DataFrame, decimals: int) -> list[str]:
 
 
 def _yes_no(value: bool | None) -> str:
-    return "—" if value is None else ("yes" if value else "no")
+    if value is None:
+        return "—"
+    return "yes" if value else "no"
 
 
 def _seeds_needed(row: dict) -> str:

@@ -10,8 +10,8 @@ Kinds, with the family their p-values are corrected in:
   factor, each averaged over every cell of the other factors.
 - `interaction` (family `factorial`): the difference of differences, for
   example (A on, B on) - (A on, B off) - (A off, B on) + (A off, B off),
-  averaged over the other factors; for three factors the difference of
-  that across the third, and so on.
+  averaged over the other factors. A three-factor interaction is the
+  difference of that across the third factor, and so on.
 - `shapley`, `banzhaf`: the value of each component in the game from the
   baseline (all first levels) to the full recipe (all last levels).
 - `leave_one_out`: full recipe minus the full recipe with one factor at its
@@ -45,7 +45,7 @@ ALL_FACTORS = "(all)"
 
 @dataclasses.dataclass(frozen=True)
 class Estimand:
-    """What one row of the attribution estimates."""
+    """The quantity behind one row of the attribution table."""
 
     kind: str
     term: str  # model term (`mixup`, `mixup:source_loss`) or ALL_FACTORS

@@ -141,7 +141,7 @@ def load_histories(study: StudyRuns, prefixes: tuple[str, ...] = ("train/",)) ->
     Columns: run_id, trial, cell, seed, status, one per factor, then
     metric, step, value; one row per logged point. MLflow keeps the full
     history of a metric logged with steps, and `load_study` only the last
-    value, so this asks the tracking store once per run and metric.
+    value, so this queries the tracking store once per run and metric.
     """
     client = MlflowClient(study.tracking_uri)
     keys = [column for column in study.runs.columns if column.startswith(prefixes)]

@@ -16,7 +16,7 @@ from statsmodels.stats.power import TTestPower
 
 ALPHA = 0.05
 TARGET_POWER = 0.8
-# Seed counts past this are reported as not reachable (None).
+# Seed counts past this are reported as not reachable (NaN).
 MAX_SEEDS = 10_000
 
 
@@ -67,7 +67,7 @@ def seeds_needed(d_z: np.ndarray, alpha: float = ALPHA, target: float = TARGET_P
 
     Result: float array, NaN where d_z is zero or not finite, or where more
     than MAX_SEEDS seeds would be needed. Power grows with the seed count,
-    so a bisection over whole seed counts finds the answer for all effects
+    so a bisection over whole seed counts finds the smallest count for all effects
     at once; statsmodels' solve_power does the same for one effect at a
     time, about 25 power evaluations each.
     """

@@ -6,7 +6,7 @@ level and every other factor to its first. The empty coalition is the
 baseline, the grand coalition the full recipe, so the Shapley values split
 `full recipe - baseline` among the components.
 
-Both values are linear in the game values. `value_weights` therefore asks
+Both values are linear in the game values. `value_weights` therefore calls
 shapiq once per basis game and returns the matrix that maps any vector of
 coalition values to the values of the players; bootstrap replicates then
 cost one matrix product each instead of one shapiq call each.

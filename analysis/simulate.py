@@ -1,9 +1,10 @@
 """Simulated study results with planted effects, for testing the attribution.
 
-A simulated metric is the baseline value, plus a shift for each factor at a
-non-reference level, plus an extra shift for each planted interaction when
-all its factors are at the given levels (reference coding), plus a seed
-effect shared by every cell of that seed, plus independent trial noise.
+A simulated metric is a sum, in reference coding. It starts from the
+baseline value and adds a shift for each factor at a non-reference level.
+Each planted interaction adds an extra shift when all its factors are at
+the given levels. A seed effect, shared by every cell of that seed, and
+independent trial noise come last.
 The shared seed effect is what makes pairing by seed matter: it cancels in
 within-seed contrasts and inflates unpaired ones.
 
@@ -203,8 +204,8 @@ def record_study(
     """Write a simulated study to MLflow as `ablate run` would; returns the study folder.
 
     Each trial gets a child run with the study's tags, a `train/loss` and
-    `train/learning_rate` history of `steps` points, and its final metrics;
-    failed trials end with status FAILED and a failure tag.
+    `train/learning_rate` history of `steps` points, and its final metrics.
+    Failed trials end with status FAILED and a failure tag.
     """
     from mlflow.entities import Metric
 

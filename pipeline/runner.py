@@ -71,10 +71,15 @@ def run_trial(params: dict[str, Any]) -> None:
     from pipeline import train
 
     payloads = params["trial"]["packed"] if "packed" in params["trial"] else [params["trial"]]
+    import ray
+
     runs = [
         tracking.TrialRun(context["tracking_uri"], context["experiment_id"], context["parent_run_id"], payload)
         for payload in payloads
     ]
+    node = ray.get_runtime_context().get_node_id()
+    for run in runs:
+        run.client.set_tag(run.run_id, "ablate.node", node)
 
     def reporter(run: tracking.TrialRun, index: int):
         def report(metrics: dict[str, float], step: int | None) -> None:

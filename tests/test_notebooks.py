@@ -39,7 +39,7 @@ def executed(studies, tmp_path_factory) -> dict[str, nbformat.NotebookNode]:
     """Run both notebooks at once, each in a fresh kernel of this interpreter.
 
     The kernels inherit this process's environment, which points them at
-    the recorded studies; most of their time is spent importing, so running
+    the recorded studies. Most of their time goes to imports, so running
     them side by side saves about half the wall time.
     """
     environment = {
@@ -74,7 +74,8 @@ def test_walkthrough_notebook_runs(executed):
 
     assert "Study architecture" in text
     assert "loss became NaN at step 5" in text
-    assert "prototype" in text and "shapley" in text
+    assert "prototype" in text
+    assert "shapley" in text
     assert image_count(notebook) == 5
 
 

@@ -151,7 +151,8 @@ def test_analyze_writes_figures_as_png_and_svg(analysis):
         png, svg = figures / f"{stem}.png", figures / f"{stem}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
         assert "<svg" in svg.read_text()[:1000], stem
-        assert png in analysis.files and svg in analysis.files
+        assert png in analysis.files
+        assert svg in analysis.files
 
 
 def test_report_answers_each_component(analysis):
@@ -174,10 +175,11 @@ def test_report_answers_each_component(analysis):
 def test_latex_table_is_booktabs_and_escaped(analysis):
     latex = (analysis.folder / "effects.tex").read_text()
 
-    assert "\\toprule" in latex and "\\bottomrule" in latex
+    assert "\\toprule" in latex
+    assert "\\bottomrule" in latex
     assert "mixup: generalized vs off" in latex
     assert "eval/test/cmap" in latex
-    assert "\\caption{" in latex and "architecture" in latex
+    assert "\\caption{Effects of each component in study architecture" in latex
 
 
 def test_tables_are_written(analysis):
@@ -213,6 +215,7 @@ def test_cli_analyze_prints_table(studies, monkeypatch_module, capsys):
     assert "data: multi_taxa vs xeno_canto" in output
     effects = pl.read_csv(studies["data"] / "analysis" / "effects.csv")
     assert set(effects["interval"].to_list()) == {"bootstrap-t"}
-    assert "Wrote " in output and "report.md" in output
+    assert "Wrote " in output
+    assert "report.md" in output
     latex = (studies["data"] / "analysis" / "effects.tex").read_text()
     assert "data: multi\\_taxa vs xeno\\_canto" in latex

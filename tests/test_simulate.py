@@ -127,7 +127,7 @@ def test_pairing_narrows_intervals():
     table = attribution.attribute(study.runs, FACTORS, ["m"], resamples=499, power_analysis=False)
     paired = table.filter((pl.col("kind") == "main") & (pl.col("factor") == "mixup")).row(0, named=True)
 
-    # An unpaired comparison of the two levels sees the seed effect as noise.
+    # An unpaired comparison of the two levels counts the seed effect as noise.
     on = study.runs.filter(pl.col("mixup") == "on").group_by("seed").agg(pl.col("m").mean())["m"].to_numpy()
     off = study.runs.filter(pl.col("mixup") == "off").group_by("seed").agg(pl.col("m").mean())["m"].to_numpy()
     unpaired_error = np.sqrt(on.var(ddof=1) / len(on) + off.var(ddof=1) / len(off))
