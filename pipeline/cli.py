@@ -23,7 +23,31 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"{len(study.cells)} cells x {len(study.seeds)} seeds = {len(study.trials)} trials")
     for cell in study.cells:
         print("  " + (", ".join(f"{name}={level}" for name, level in cell.items()) or "baseline"))
+    print(_cost_estimate(study))
     return 0
+
+
+def _cost_estimate(study) -> str:
+    """Estimate a study's CPU time and wall time on this machine from measured throughputs."""
+    import math
+    import os
+
+    from pipeline.presets import CPU_EXAMPLES_PER_SECOND
+
+    per_trial_overhead = 40.0  # start-up, compilation and evaluation, seconds
+    seconds = []
+    for trial in study.trials:
+        train = trial.config.train
+        rate = CPU_EXAMPLES_PER_SECOND.get(trial.config.model.backbone, 1.0) * study.cpus_per_trial
+        seconds.append(train.steps * train.batch_size / rate + per_trial_overhead)
+    slots = max(1, int((os.cpu_count() or 1) // study.cpus_per_trial))
+    if study.max_concurrent_trials:
+        slots = min(slots, study.max_concurrent_trials)
+    wall = math.ceil(len(seconds) / slots) * (sum(seconds) / max(1, len(seconds)))
+    return (
+        f"Estimated cost: {sum(seconds) / 3600:.1f} CPU-hours; about {wall / 60:.0f} min on this machine "
+        f"({slots} trials at a time). Estimate from measured CPU throughputs; see docs/benchmarks.md."
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -103,3 +103,16 @@ PRESETS: dict[str, BackbonePreset] = {
     # Perch 2.0's backbone: 1536 embedding channels.
     "efficientnet_b3": efficientnet(width=1.2, depth=1.4),
 }
+
+
+# Training examples per second on one CPU core (one trial, XLA on one
+# thread), for the cost estimate of `ablate plan`. The tiny value was
+# measured on a 2-core x86-64 machine with jax 0.10; the others are scaled
+# from `ablate bench` runs on the same machine.
+# NOTE: these are estimates; rerun `ablate bench` on your machine for yours.
+CPU_EXAMPLES_PER_SECOND = {
+    "tiny": 33.0,
+    "small": 10.0,
+    "efficientnet_b0": 1.5,
+    "efficientnet_b3": 0.5,
+}
