@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class StudyResult:
-    """What a `run_study` call did."""
+    """Counts and timing of one `run_study` call."""
 
     study_dir: pathlib.Path
     tracking_uri: str
@@ -52,7 +52,7 @@ def _configure_worker(context: dict[str, Any]) -> None:
     os.environ["XLA_FLAGS"] = _xla_flags(max(1, int(cpus)))
     # The persistent compilation cache lets trials of the same program
     # shape reuse one compilation. It is configured through the environment
-    # so that it holds however jax was first imported in this worker.
+    # so that it applies however jax was first imported in this worker.
     os.environ["JAX_COMPILATION_CACHE_DIR"] = context["compilation_cache"]
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
     import jax
@@ -171,7 +171,7 @@ def check_output_folder(folder: pathlib.Path) -> None:
 
 
 def check_tracking_uri(uri: str, timeout_seconds: float = 5.0) -> None:
-    """Raise ConfigError if a tracking server does not answer its health check."""
+    """Raise ConfigError if a tracking server fails its health check."""
     import urllib.error
     import urllib.request
 
@@ -210,8 +210,8 @@ def run_study(
     audio_cache = runs_root.resolve() / "cache" / "audio"
     prepare_audio(study, audio_cache)
 
-    # A tracking server stores artifacts where it was told to; a local store
-    # keeps them in the study folder.
+    # A tracking server stores artifacts in its own artifact store; a local
+    # store keeps them in the study folder.
     artifact_root = None if uri.startswith(("http://", "https://")) else study_dir / "artifacts"
     experiment_id, parent_run_id = tracking.start_study(
         uri, study.name, study.factor_levels(), list(study.seeds), study.path, artifact_root, design=study.design, cells=study.cells
