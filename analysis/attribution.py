@@ -223,6 +223,8 @@ def attribute_metric(
         return _declined_table(metric, estimands, f"no finished trial has a value of {metric}")
     plan = plan_estimation(design, estimands, observed)
     estimable = np.array([basis != "declined" for basis in plan.basis])
+    if not estimable.any():
+        return _table(metric, estimands, plan, estimable, None)
     weights = estimands.weights[estimable] @ plan.mapping  # [estimable, observed cells]
 
     observed_values = cells.values[observed]  # [observed cells, seeds]
@@ -249,8 +251,13 @@ def resamples_for_holm(estimands: Estimands, alpha: float = ALPHA) -> int:
 
 
 def _table(
-    metric: str, estimands: Estimands, plan: Plan, estimable: np.ndarray, intervals: bootstrap.Intervals
+    metric: str,
+    estimands: Estimands,
+    plan: Plan,
+    estimable: np.ndarray,
+    intervals: bootstrap.Intervals | None,
 ) -> pl.DataFrame:
+    """Return one row per estimand; `intervals` holds the estimable rows, in order."""
     rows = []
     position = np.cumsum(estimable) - 1
     for row, item in enumerate(estimands.items):

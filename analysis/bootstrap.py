@@ -94,8 +94,8 @@ def paired_intervals(
     return studentized(estimate, standard_error, np.hstack(means), np.hstack(errors), seeds, confidence)
 
 
-# Elements per intermediate array of a chunk of replicates (32 MB of float64).
-CHUNK_ELEMENTS = 4_000_000
+# Elements per intermediate array of a chunk of replicates (16 MB of float64).
+CHUNK_ELEMENTS = 2_000_000
 
 
 def _chunks(replicates: int, elements_per_replicate: int) -> int:
@@ -191,8 +191,8 @@ def blocked_intervals(
 
     counts = seed_draws(seeds, resamples, rng)  # [resamples, seeds]
     drawn = np.stack([np.repeat(np.arange(seeds), row) for row in counts])  # [resamples, seeds]
-    # The batched fit holds [chunk, parameters, trials] arrays.
-    size = (cells + seeds - 1) * cells * seeds
+    # The batched fit holds [chunk, estimands, cells] arrays.
+    size = max(len(weights), seeds) * cells
     chunks = [fit_blocked(values, part, weights) for part in np.array_split(drawn, _chunks(len(drawn), size))]
     replicates = np.concatenate([chunk[0] for chunk in chunks])
     replicate_errors = np.concatenate([chunk[1] for chunk in chunks])
@@ -210,49 +210,79 @@ def fit_blocked(values: np.ndarray, drawn: np.ndarray, weights: np.ndarray) -> t
     `values`: [cells, seeds]; `drawn`: [draws, blocks], the seed that fills
     each block of each draw; `weights`: [estimands, cells]. Returns the
     estimates and their standard errors clustered by block, each [draws,
-    estimands]; a draw in which some cell has no trial gets NaN. Blocks use
-    sum-to-zero coding, so a cell's coefficient is its mean over blocks.
-    Every draw shares one design matrix and missing trials get zero
-    weight, so one batched solve fits all draws.
+    estimands]; a draw in which some cell has no trial, or whose cells and
+    blocks are not connected, gets NaN. Block effects sum to zero, so a
+    cell's mean is its mean over blocks.
     """
-    cells, _ = values.shape
-    draws, blocks = drawn.shape
     table = values[:, drawn].transpose(1, 0, 2)  # [draws, cells, blocks]
-    present = np.isfinite(table)
-    response = np.where(present, table, 0.0).reshape(draws, -1)  # [draws, trials]
-    weight = present.reshape(draws, -1).astype(float)
-    design = _blocked_design(cells, blocks)  # [trials, parameters]
-    parameters = design.shape[1]
-
-    weighted = design.T[None] * weight[:, None, :]  # [draws, parameters, trials]
-    normal = weighted @ design  # [draws, parameters, parameters]
-    # Full rank: the smallest eigenvalue of the normal matrix is clearly above zero.
-    eigenvalues = np.linalg.eigvalsh(normal)  # [draws, parameters], ascending
-    estimable = present.any(axis=2).all(axis=1) & (eigenvalues[:, 0] > 1e-9 * eigenvalues[:, -1])
-    normal[~estimable] = np.eye(parameters)
-    inverse = np.linalg.inv(normal)
-    coefficients = (inverse @ (weighted @ response[:, :, None]))[:, :, 0]  # [draws, parameters]
-    residuals = (response - coefficients @ design.T) * weight  # [draws, trials]
-
-    # Cluster-robust (sandwich) variance: per block, the sum of each trial's
-    # influence on the estimate times its residual.
-    influence = weighted * residuals[:, None, :]  # [draws, parameters, trials]
-    per_block = inverse @ influence.reshape(draws, parameters, cells, blocks).sum(
-        axis=2
-    )  # [draws, parameters, blocks]
-    contrast = np.hstack([weights, np.zeros((len(weights), parameters - cells))])  # [estimands, parameters]
-    scores = contrast @ per_block  # [draws, estimands, blocks]
-    variance = (scores**2).sum(axis=2) * blocks / max(blocks - 1, 1)
-
-    estimates = coefficients[:, :cells] @ weights.T  # [draws, estimands]
-    estimates[~estimable] = np.nan
-    return estimates, np.sqrt(variance)
+    present = np.isfinite(table).astype(float)
+    response = np.where(present > 0, table, 0.0)
+    fit = _profiled_fit(present, response)
+    estimates = fit.means @ weights.T  # [draws, estimands]
+    errors = _clustered_errors(weights, present, response, fit)
+    estimates[~fit.estimable] = np.nan
+    return estimates, errors
 
 
-def _blocked_design(cells: int, blocks: int) -> np.ndarray:
-    """Return the [cells * blocks, cells + blocks - 1] design of value = cell + block."""
-    design = np.zeros((cells, blocks, cells + blocks - 1))
-    design[np.arange(cells), :, np.arange(cells)] = 1.0
-    design[:, np.arange(blocks - 1), cells + np.arange(blocks - 1)] = 1.0
-    design[:, blocks - 1, cells:] = -1.0
-    return design.reshape(cells * blocks, -1)
+@dataclasses.dataclass
+class _BlockedFit:
+    """Least-squares fit of value = cell + block for each draw of a batch."""
+
+    means: np.ndarray  # [draws, cells]
+    effects: np.ndarray  # [draws, blocks], summing to zero
+    inverse_count: np.ndarray  # [draws, cells]: 1 / trials of the cell, 0 for none
+    pseudo_inverse: np.ndarray  # [draws, blocks, blocks] of the information matrix
+    estimable: np.ndarray  # [draws] bool
+
+
+def _profiled_fit(present: np.ndarray, response: np.ndarray) -> _BlockedFit:
+    """Solve for the block effects with the cell means profiled out.
+
+    That leaves a [blocks, blocks] system per draw, the information matrix
+    of an incomplete block design, instead of one over cells + blocks
+    parameters. Its null space is the constant vector, and the pseudo-inverse
+    picks the solution whose effects sum to zero.
+    """
+    per_cell = present.sum(axis=2)  # [draws, cells]
+    per_block = present.sum(axis=1)  # [draws, blocks]
+    inverse_count = np.where(per_cell > 0, 1.0 / np.maximum(per_cell, 1.0), 0.0)
+    totals = response.sum(axis=2)  # [draws, cells]
+
+    information = np.einsum("db,be->dbe", per_block, np.eye(per_block.shape[1]))
+    information -= np.einsum("dcb,dc,dce->dbe", present, inverse_count, present)  # [draws, blocks, blocks]
+    adjusted = response.sum(axis=1) - np.einsum("dcb,dc->db", present, totals * inverse_count)
+    pseudo_inverse = np.linalg.pinv(information, hermitian=True)
+    effects = np.einsum("dbe,de->db", pseudo_inverse, adjusted)
+    means = (totals - np.einsum("dcb,db->dc", present, effects)) * inverse_count
+
+    # Connected: every eigenvalue but the zero one is clearly positive.
+    estimable = (per_cell > 0).all(axis=1)
+    eigenvalues = np.linalg.eigvalsh(information)  # ascending
+    if eigenvalues.shape[1] > 1:
+        estimable &= eigenvalues[:, 1] > 1e-9 * np.maximum(eigenvalues[:, -1], 1.0)
+    return _BlockedFit(means, effects, inverse_count, pseudo_inverse, estimable)
+
+
+def _clustered_errors(
+    weights: np.ndarray, present: np.ndarray, response: np.ndarray, fit: _BlockedFit
+) -> np.ndarray:
+    """Return the cluster-robust (sandwich) standard errors by block: [draws, estimands].
+
+    Trial (c, b) enters an estimate with weight w_c / n_c - (v_b - mean of v
+    over the blocks of cell c), where v = pseudo_inverse @ (sum over cells of
+    w_c / n_c for each block). A block's score is the sum over its trials of
+    weight times residual. Matrix products stand in for einsum here because
+    these are the largest arrays of the fit.
+    """
+    scaled = present * fit.inverse_count[:, :, None]  # [draws, cells, blocks]
+    solved = (weights @ scaled) @ fit.pseudo_inverse  # v: [draws, estimands, blocks]
+    solved_mean = solved @ scaled.transpose(
+        0, 2, 1
+    )  # mean of v over each cell's blocks: [draws, estimands, cells]
+    residuals = (response - fit.means[:, :, None] - fit.effects[:, None, :]) * present
+
+    scores = weights @ (residuals * fit.inverse_count[:, :, None])
+    scores += solved_mean @ residuals
+    scores -= solved * residuals.sum(axis=1)[:, None, :]  # [draws, estimands, blocks]
+    blocks = present.shape[2]
+    return np.sqrt((scores**2).sum(axis=2) * blocks / max(blocks - 1, 1))

@@ -71,27 +71,32 @@ def waterfall(
     values = steps["effect"].to_numpy()
     starts = baseline_value + np.concatenate([[0.0], np.cumsum(values)[:-1]])
     full_value = baseline_value + values.sum()
-    labels = ["baseline", *steps["factor"].to_list(), "full recipe"]
+    step_labels = [f"{factor}: {level}" for factor, level in steps.select("factor", "level").rows()]
+    labels = ["baseline", *step_labels, "full recipe"]
 
     with plt.rc_context(PAPER_STYLE):
         figure, axis = plt.subplots(figsize=(max(COLUMN_WIDTH_INCHES, 0.55 * len(labels)), 2.6))
         positions = np.arange(len(labels))
         axis.bar(positions[0], baseline_value, color="0.6", width=0.6)
         colors = [PALETTE[0] if value >= 0 else PALETTE[3] for value in values]
-        errors = [values - steps["ci_low"].to_numpy(), steps["ci_high"].to_numpy() - values]
+        # A bootstrap-t interval need not contain its estimate; whiskers then stop at the bar.
+        errors = np.clip(
+            [values - steps["ci_low"].to_numpy(), steps["ci_high"].to_numpy() - values], 0.0, None
+        )
         axis.bar(positions[1:-1], values, bottom=starts, color=colors, width=0.6)
         axis.errorbar(
             positions[1:-1],
             starts + values,
-            yerr=np.abs(errors),
+            yerr=errors,
             fmt="none",
             ecolor="black",
             capsize=2,
             linewidth=0.8,
         )
         axis.bar(positions[-1], full_value, color="0.3", width=0.6)
-        for position, start, value in zip(positions[1:-1], starts, values):
-            axis.plot([position - 0.7, position - 0.3], [start, start], color="0.5", linewidth=0.6)
+        # Connectors from each bar's top to the next bar's base.
+        for position, level in zip(positions[1:], [*starts, full_value]):
+            axis.plot([position - 0.7, position - 0.3], [level, level], color="0.5", linewidth=0.6)
         levels = np.concatenate([[baseline_value, full_value], starts, starts + values])
         margin = 0.15 * (levels.max() - levels.min() or abs(baseline_value) or 1.0)
         axis.set_ylim(levels.min() - margin, levels.max() + margin)
@@ -154,7 +159,8 @@ def _forest_panel(axis, attribution: pl.DataFrame, metric: str, components: list
             if row is None:
                 continue
             y = position + offset
-            axis.plot([row["ci_low"], row["ci_high"]], [y, y], color=color, linewidth=1.0)
+            if row["ci_low"] is not None and row["ci_high"] is not None:
+                axis.plot([row["ci_low"], row["ci_high"]], [y, y], color=color, linewidth=1.0)
             fill = color if row["resolved"] else "white"
             axis.plot(row["effect"], y, marker=marker, color=color, markersize=4, markerfacecolor=fill)
         # An empty line carries the legend entry of this kind.
@@ -168,44 +174,51 @@ def interaction_heatmap(attribution: pl.DataFrame, metric: str, stem: pathlib.Pa
     """Draw the two-way interactions of the full-recipe levels, with main effects on the diagonal.
 
     A cell marked * is resolved after the Holm adjustment; n/a marks an
-    interaction the design could not estimate.
+    effect that the design could not estimate.
     """
-    main = _rows(attribution, metric, "main")
-    if main.is_empty():
+    if _rows(attribution, metric, "main").is_empty():
         return []
-    factors = list(dict.fromkeys(attribution.filter(pl.col("kind") == "main")["factor"].to_list()))
-    last_levels = {
-        factor: main.filter(pl.col("factor") == factor)["level"].to_list()[-1]
-        for factor in factors
-        if factor in set(main["factor"])
-    }
-    values = np.full((len(factors), len(factors)), np.nan)
-    marks = np.full(values.shape, "", dtype=object)
-    for row in main.iter_rows(named=True):
-        if row["level"] == last_levels.get(row["factor"]):
-            index = factors.index(row["factor"])
-            values[index, index], marks[index, index] = row["effect"], "*" if row["resolved"] else ""
-    for row in _rows(attribution, metric, "interaction").iter_rows(named=True):
-        names, levels = row["factor"].split(":"), row["level"].split(":")
-        if len(names) == 2 and all(last_levels.get(name) == level for name, level in zip(names, levels)):
-            first, second = factors.index(names[0]), factors.index(names[1])
-            for a, b in ((first, second), (second, first)):
-                values[a, b], marks[a, b] = row["effect"], "*" if row["resolved"] else ""
-
+    factors, values, marks = _interaction_matrix(attribution, metric)
     limit = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
     with plt.rc_context(PAPER_STYLE):
         size = max(COLUMN_WIDTH_INCHES, 0.7 * len(factors) + 1.5)
         figure, axis = plt.subplots(figsize=(size, size * 0.85))
         image = axis.imshow(np.ma.masked_invalid(values), cmap="RdBu", vmin=-limit, vmax=limit)
-        for a in range(len(factors)):
-            for b in range(len(factors)):
-                text = "n/a" if not np.isfinite(values[a, b]) else f"{values[a, b]:+.3f}{marks[a, b]}"
-                axis.text(b, a, text, ha="center", va="center", fontsize=6)
+        for row in range(len(factors)):
+            for column in range(len(factors)):
+                value = values[row, column]
+                text = f"{value:+.3f}{marks[row, column]}" if np.isfinite(value) else "n/a"
+                axis.text(column, row, text, ha="center", va="center", fontsize=6)
         axis.set_xticks(range(len(factors)), factors, rotation=30, ha="right")
         axis.set_yticks(range(len(factors)), factors)
         figure.colorbar(image, ax=axis, label="interaction (diagonal: main effect)")
         axis.set_title(f"{metric}: two-way interactions")
         return save(figure, stem)
+
+
+def _interaction_matrix(attribution: pl.DataFrame, metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Return the factors, the [factors, factors] effects at the last levels, and '*' marks where resolved."""
+    factors = list(dict.fromkeys(attribution.filter(pl.col("kind") == "main")["factor"].to_list()))
+    levels = {
+        factor: attribution.filter((pl.col("kind") == "main") & (pl.col("factor") == factor))["level"][-1]
+        for factor in factors
+    }
+    values = np.full((len(factors), len(factors)), np.nan)
+    marks = np.full(values.shape, "", dtype=object)
+    for row in _rows(attribution, metric, "main").iter_rows(named=True):
+        if row["level"] == levels[row["factor"]]:
+            index = factors.index(row["factor"])
+            values[index, index] = row["effect"]
+            marks[index, index] = "*" if row["resolved"] else ""
+    for row in _rows(attribution, metric, "interaction").iter_rows(named=True):
+        names, term_levels = row["factor"].split(":"), row["level"].split(":")
+        if len(names) != 2 or any(levels[name] != level for name, level in zip(names, term_levels)):
+            continue
+        first, second = factors.index(names[0]), factors.index(names[1])
+        for cell in ((first, second), (second, first)):
+            values[cell] = row["effect"]
+            marks[cell] = "*" if row["resolved"] else ""
+    return factors, values, marks
 
 
 def learning_curves(
@@ -282,8 +295,9 @@ def _task_panel(axis, attribution: pl.DataFrame, task: str, metrics: list[str]) 
             if row is not None:
                 positions.append(position - 0.4 + width * (index + 0.5))
                 effects.append(row["effect"])
-                lows.append(row["effect"] - row["ci_low"])
-                highs.append(row["ci_high"] - row["effect"])
+                # No whisker where the interval is missing (one seed).
+                lows.append(row["effect"] - row["ci_low"] if row["ci_low"] is not None else 0.0)
+                highs.append(row["ci_high"] - row["effect"] if row["ci_high"] is not None else 0.0)
         axis.bar(
             positions,
             effects,

@@ -123,7 +123,8 @@ def _draw_figures(folder, study, finished, table, metrics) -> dict[str, list[pat
         figures[f"Interactions on {metric}"] = plots.interaction_heatmap(
             table, metric, figures_dir / f"interactions_{slug}"
         )
-    figures["Effects with 95% intervals"] = plots.forest(table, headline, figures_dir / "forest")
+    # The forest plot keeps the path of the earlier effects chart, analysis/effects.png.
+    figures["Effects with 95% intervals"] = plots.forest(table, headline, folder / "effects")
     figures["Main effects per evaluation task"] = plots.task_bars(
         table, metrics, figures_dir / "task_effects"
     )

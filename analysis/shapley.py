@@ -15,7 +15,6 @@ cost one matrix product each instead of one shapiq call each.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 
@@ -40,10 +39,7 @@ def value_weights(players: int, kind: str) -> np.ndarray:
             "because the cost grows as 4**players."
         )
     # shapiq imports its approximators too, which takes seconds; load it only here.
-    with warnings.catch_warnings():
-        # shapiq loads tqdm.auto, which warns in a Jupyter kernel without ipywidgets.
-        warnings.filterwarnings("ignore", message="IProgress not found")
-        from shapiq.game_theory.exact import ExactComputer
+    from shapiq.game_theory.exact import ExactComputer
 
     bits = 1 << np.arange(players)
     weights = np.zeros((players, 2**players))

@@ -81,6 +81,10 @@ class ModelConfig:
 
     backbone: str = "tiny"
     dropout_rate: float = 0.0
+    # Weight of the old value in batch norm's running statistics. With 0.99
+    # a run of a few hundred steps keeps a large share of the initial
+    # statistics, and inference collapses onto one class.
+    batch_norm_momentum: float = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -521,6 +525,8 @@ def _validate_heads(config: Config) -> None:
     ):
         if get_path(config, path) < 0:
             raise ConfigError(f"{path}: must be zero or positive, got {get_path(config, path)}.")
+    if not 0.0 <= config.model.batch_norm_momentum < 1.0:
+        raise ConfigError(f"model.batch_norm_momentum: must be in [0, 1), got {config.model.batch_norm_momentum}.")
     if config.source_loss.rank < 1:
         raise ConfigError(f"source_loss.rank: must be at least 1, got {config.source_loss.rank}.")
     if config.prototype.prototypes_per_class < 1:

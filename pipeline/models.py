@@ -61,6 +61,7 @@ class ConvNormAct(nnx.Module):
         padding: str = "SAME",
         depthwise: bool = False,
         activate: bool = True,
+        momentum: float = 0.9,
         rngs: nnx.Rngs,
     ):
         if depthwise:
@@ -75,7 +76,7 @@ class ConvNormAct(nnx.Module):
                 use_bias=False,
                 rngs=rngs,
             )
-        self.norm = nnx.BatchNorm(out_channels, momentum=0.99, epsilon=1e-3, rngs=rngs)
+        self.norm = nnx.BatchNorm(out_channels, momentum=momentum, epsilon=1e-3, rngs=rngs)
         self.activate = activate
 
     def __call__(self, x: jax.Array, training: bool) -> jax.Array:
@@ -99,14 +100,18 @@ class SqueezeExcite(nnx.Module):
 class MBConv(nnx.Module):
     """Inverted residual block: expand, depthwise, squeeze-excite, project."""
 
-    def __init__(self, in_channels: int, stage: Stage, stride: int, se_ratio: float, *, rngs: nnx.Rngs):
+    def __init__(
+        self, in_channels: int, stage: Stage, stride: int, se_ratio: float, *, momentum: float = 0.9, rngs: nnx.Rngs
+    ):
         hidden = in_channels * stage.expand_ratio
         self.expand = (
-            ConvNormAct(in_channels, hidden, 1, rngs=rngs) if stage.expand_ratio != 1 else None
+            ConvNormAct(in_channels, hidden, 1, momentum=momentum, rngs=rngs) if stage.expand_ratio != 1 else None
         )
-        self.depthwise = ConvNormAct(hidden, hidden, stage.kernel_size, stride=stride, depthwise=True, rngs=rngs)
+        self.depthwise = ConvNormAct(
+            hidden, hidden, stage.kernel_size, stride=stride, depthwise=True, momentum=momentum, rngs=rngs
+        )
         self.excite = SqueezeExcite(hidden, max(1, int(in_channels * se_ratio)), rngs=rngs)
-        self.project = ConvNormAct(hidden, stage.channels, 1, activate=False, rngs=rngs)
+        self.project = ConvNormAct(hidden, stage.channels, 1, activate=False, momentum=momentum, rngs=rngs)
         self.residual = stride == 1 and in_channels == stage.channels
 
     def __call__(self, x: jax.Array, training: bool) -> jax.Array:
@@ -119,21 +124,27 @@ class MBConv(nnx.Module):
 class Backbone(nnx.Module):
     """EfficientNet-style network from log-mel features to a spatial embedding."""
 
-    def __init__(self, preset: BackbonePreset, *, rngs: nnx.Rngs):
+    def __init__(self, preset: BackbonePreset, *, momentum: float = 0.9, rngs: nnx.Rngs):
         # With the default 3x3 stride-2 VALID stem, as in Perch 2.0, 500 x 128
         # features become 249 x 63.
         self.stem = ConvNormAct(
-            1, preset.stem_channels, preset.stem_kernel, stride=preset.stem_stride, padding="VALID", rngs=rngs
+            1,
+            preset.stem_channels,
+            preset.stem_kernel,
+            stride=preset.stem_stride,
+            padding="VALID",
+            momentum=momentum,
+            rngs=rngs,
         )
         blocks = []
         channels = preset.stem_channels
         for stage in preset.stages:
             for repeat in range(stage.repeats):
                 stride = stage.stride if repeat == 0 else 1
-                blocks.append(MBConv(channels, stage, stride, preset.squeeze_excite_ratio, rngs=rngs))
+                blocks.append(MBConv(channels, stage, stride, preset.squeeze_excite_ratio, momentum=momentum, rngs=rngs))
                 channels = stage.channels
         self.blocks = nnx.List(blocks)
-        self.head = ConvNormAct(channels, preset.embedding_channels, 1, rngs=rngs)
+        self.head = ConvNormAct(channels, preset.embedding_channels, 1, momentum=momentum, rngs=rngs)
         self.embedding_channels = preset.embedding_channels
 
     def __call__(self, features: jax.Array, training: bool) -> jax.Array:
@@ -194,7 +205,7 @@ class Classifier(nnx.Module):
 
     def __init__(self, config: Config, num_classes: int, num_sources: int, *, rngs: nnx.Rngs):
         preset = PRESETS[config.model.backbone]
-        self.backbone = Backbone(preset, rngs=rngs)
+        self.backbone = Backbone(preset, momentum=config.model.batch_norm_momentum, rngs=rngs)
         channels = preset.embedding_channels
         self.dropout = nnx.Dropout(config.model.dropout_rate) if config.model.dropout_rate > 0 else None
         self.linear = nnx.Linear(channels, num_classes, rngs=rngs)

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis import load, report, simulate
+from analysis import attribution, load, plots, report, simulate
 from pipeline import cli
 
 METRIC_COLUMNS = ["metric", "factor", "level", "reference", "effect", "ci_low", "ci_high", "seeds"]
@@ -37,9 +37,6 @@ def recorded_studies(root: pathlib.Path) -> dict[str, pathlib.Path]:
     Creating an MLflow SQLite store runs its migrations, which takes
     seconds, so one empty store is created and copied into each study.
     """
-    template = root / "empty-mlflow.db"
-    root.mkdir(parents=True, exist_ok=True)
-    MlflowClient(f"sqlite:///{template}").search_experiments()
     data = simulate.simulate_study(
         DATA_FACTORS,
         list(range(6)),
@@ -69,12 +66,24 @@ def recorded_studies(root: pathlib.Path) -> dict[str, pathlib.Path]:
         .otherwise(pl.col("failure"))
         .alias("failure"),
     )
-    folders = {}
-    for study in (data, architecture):
-        (root / "runs" / study.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(template, root / "runs" / study.name / "mlflow.db")
-        folders[study.name] = simulate.record_study(study, root / "runs", steps=6)
-    return folders
+    return {study.name: record(study, root) for study in (data, architecture)}
+
+
+@functools.lru_cache(maxsize=None)
+def empty_store(root: pathlib.Path) -> pathlib.Path:
+    """Create one empty MLflow SQLite store under `root` to copy into each study."""
+    root.mkdir(parents=True, exist_ok=True)
+    template = root / "empty-mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()
+    return template
+
+
+def record(study: simulate.SimulatedStudy, root: pathlib.Path) -> pathlib.Path:
+    """Record `study` under `root`/runs in a copy of the empty store; returns the study folder."""
+    folder = root / "runs" / study.name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(empty_store(root), folder / "mlflow.db")
+    return simulate.record_study(study, root / "runs", steps=6)
 
 
 @pytest.fixture(scope="module")
@@ -140,15 +149,16 @@ def test_analyze_finds_planted_effects(analysis):
 
 def test_analyze_writes_figures_as_png_and_svg(analysis):
     figures = analysis.folder / "figures"
-    for stem in (
-        "waterfall_eval_test_cmap",
-        "waterfall_eval_test_auroc",
-        "interactions_eval_test_cmap",
-        "forest",
-        "task_effects",
-        "learning_curves",
-    ):
-        png, svg = figures / f"{stem}.png", figures / f"{stem}.svg"
+    stems = [
+        figures / "waterfall_eval_test_cmap",
+        figures / "waterfall_eval_test_auroc",
+        figures / "interactions_eval_test_cmap",
+        figures / "task_effects",
+        figures / "learning_curves",
+        analysis.folder / "effects",  # the forest plot, at the path of the earlier effects chart
+    ]
+    for stem in stems:
+        png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
         assert "<svg" in svg.read_text()[:1000], stem
         assert png in analysis.files
@@ -168,7 +178,8 @@ def test_report_answers_each_component(analysis):
     assert "seeds would resolve an effect of this size" in text
     assert "prototype:mixup (on:generalized)" in text
     assert "Share of variance" in text
-    assert "](figures/forest.png)" in text
+    assert "](effects.png)" in text
+    assert "](figures/learning_curves.png)" in text
     assert "eval/test/classes" not in text
 
 
@@ -219,3 +230,40 @@ def test_cli_analyze_prints_table(studies, monkeypatch_module, capsys):
     assert "report.md" in output
     latex = (studies["data"] / "analysis" / "effects.tex").read_text()
     assert "data: multi\\_taxa vs xeno\\_canto" in latex
+
+
+def test_cli_analyze_two_seed_study(tmp_path_factory, monkeypatch_module, capsys):
+    # The shape of the end-to-end study: one factor, two seeds, the three test metrics.
+    metrics = {
+        name: simulate.PlantedMetric(0.5, {"source_loss": {"on": 0.01}}, seed_sd=0.01, noise_sd=0.01)
+        for name in ("eval/test/cmap", "eval/test/auroc", "eval/test/top1")
+    }
+    tiny = simulate.simulate_study(
+        {"source_loss": ["off", "on"]}, [0, 1], metrics, np.random.default_rng(22), name="tiny"
+    )
+    folder = record(tiny, tmp_path_factory.getbasetemp() / "recorded")
+
+    status = cli.main(["analyze", str(folder)])
+    output = capsys.readouterr().out
+
+    assert status == 0
+    assert "source_loss: on vs off" in output
+    assert (folder / "analysis" / "effects.csv").exists()
+    assert (folder / "analysis" / "effects.png").stat().st_size > 1000
+    effects = pl.read_csv(folder / "analysis" / "effects.csv")
+    assert set(effects["interval"].to_list()) == {"t"}
+
+
+def test_figures_without_intervals(tmp_path):
+    factors = {"mixup": ["off", "on"], "prototype": ["off", "on"]}
+    planted = {"eval/test/cmap": simulate.PlantedMetric(0.4, {"mixup": {"on": 0.02}}, noise_sd=0.01)}
+    study = simulate.simulate_study(factors, [0], planted, np.random.default_rng(23))
+    table = attribution.attribute(study.runs, factors, ["eval/test/cmap"], resamples=99)
+    assert table["ci_low"].null_count() == table.height
+
+    paths = plots.waterfall(table, "eval/test/cmap", 0.4, tmp_path / "waterfall")
+    paths += plots.forest(table, ["eval/test/cmap"], tmp_path / "forest")
+    paths += plots.interaction_heatmap(table, "eval/test/cmap", tmp_path / "interactions")
+    paths += plots.task_bars(table, ["eval/test/cmap"], tmp_path / "task_effects")
+    assert len(paths) == 8
+    assert all(path.stat().st_size > 1000 for path in paths)
