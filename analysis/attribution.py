@@ -373,7 +373,8 @@ def holm(p_values: np.ndarray) -> np.ndarray:
 
     Written here because statsmodels 0.15's multipletests(method="holm")
     calls gc.collect() on every call, which took 0.7 s per family in a
-    process that has MLflow and shapiq loaded; tests check the two agree.
+    process with MLflow and shapiq loaded (shared 2-core machine). Tests
+    check that the two agree.
     """
     order = np.argsort(p_values)
     scaled = p_values[order] * (len(p_values) - np.arange(len(p_values)))

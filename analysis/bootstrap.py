@@ -8,14 +8,16 @@ seeds with replacement and keeps all their cells together.
 The interval is the studentized (bootstrap-t) interval: the replicates give
 the distribution of (estimate* - estimate) / se*, and its quantiles scale
 the observed standard error. p-values come from the same distribution, so
-an interval excludes zero exactly when p < 0.05. scipy.stats.bootstrap
+an interval excludes zero when p < 0.05, up to the resolution of the
+resamples. scipy.stats.bootstrap
 offers percentile, basic and BCa intervals but not bootstrap-t, so the
 resampling is written here; with per-seed contrasts it is one matrix
 product.
 
 Why bootstrap-t, and why not below MIN_BOOTSTRAP_SEEDS seeds: in a
 simulation of normal per-seed contrasts (1000 studies per seed count,
-1999 resamples), percentile intervals covered 0.85 at 5 seeds and 0.88 at
+1999 resamples; run once while writing this module, not one of the
+tests), percentile intervals covered 0.85 at 5 seeds and 0.88 at
 8, against 0.93 to 0.95 for bootstrap-t. With few seeds there are few
 distinct resamples (35 with 4 seeds, 126 with 5), and the bootstrap-t
 intervals, while covering 0.94, were 77% (4 seeds) and 33% (5 seeds) wider
@@ -191,7 +193,7 @@ def blocked_intervals(
 
     counts = seed_draws(seeds, resamples, rng)  # [resamples, seeds]
     drawn = np.stack([np.repeat(np.arange(seeds), row) for row in counts])  # [resamples, seeds]
-    # The batched fit holds [chunk, estimands, cells] arrays.
+    # The batched fit builds [chunk, estimands, cells] arrays.
     size = max(len(weights), seeds) * cells
     chunks = [fit_blocked(values, part, weights) for part in np.array_split(drawn, _chunks(len(drawn), size))]
     replicates = np.concatenate([chunk[0] for chunk in chunks])

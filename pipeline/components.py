@@ -64,6 +64,7 @@ COMPONENTS: dict[str, dict[str, Overrides]] = {
         "small": {"model.backbone": "small"},
         "efficientnet_b0": {"model.backbone": "efficientnet_b0"},
         "efficientnet_b3": {"model.backbone": "efficientnet_b3"},
+        "perch2_full": {"model.backbone": "perch2_full"},
     },
     # The training components of the two recipes in ablations/, without their
     # backbone, data and schedule, so that a study can cross the recipe with

@@ -103,6 +103,8 @@ PRESETS: dict[str, BackbonePreset] = {
     # Perch 2.0's backbone: 1536 embedding channels.
     "efficientnet_b3": efficientnet(width=1.2, depth=1.4),
 }
+# The published Perch 2.0 model size, under the name studies use for it.
+PRESETS["perch2_full"] = PRESETS["efficientnet_b3"]
 
 
 # Training examples per second on one CPU core (one trial, XLA on one
@@ -115,4 +117,5 @@ CPU_EXAMPLES_PER_SECOND = {
     "small": 10.0,
     "efficientnet_b0": 1.5,
     "efficientnet_b3": 0.5,
+    "perch2_full": 0.5,
 }

@@ -48,8 +48,12 @@ def _configure_worker(context: dict[str, Any]) -> None:
     """Set XLA threads to the CPUs Ray gave this trial and share compiled programs."""
     import ray
 
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    os.environ["XLA_FLAGS"] = _xla_flags(max(1, int(cpus)))
+    resources = ray.get_runtime_context().get_assigned_resources()
+    os.environ["XLA_FLAGS"] = _xla_flags(max(1, int(resources.get("CPU", 1.0))))
+    gpus = resources.get("GPU", 0.0)
+    if 0.0 < gpus < 1.0:
+        # Trials that share a GPU each preallocate only their share of it.
+        os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * gpus:.3f}"
     # The persistent compilation cache lets trials of the same program
     # shape reuse one compilation. It is configured through the environment
     # so that it applies however jax was first imported in this worker.
@@ -248,7 +252,10 @@ def run_study(
     callback = progress.StudyProgress(
         len(study.trials) // seeds_per_trial, (len(study.trials) - len(pending)) // seeds_per_trial, max(1, slots)
     )
-    trainable = tune.with_resources(run_trial, {"cpu": study.cpus_per_trial})
+    resources = {"cpu": study.cpus_per_trial}
+    if study.gpus_per_trial:
+        resources["gpu"] = study.gpus_per_trial
+    trainable = tune.with_resources(run_trial, resources)
     tuner = tune.Tuner(
         trainable,
         param_space={

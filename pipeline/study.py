@@ -32,6 +32,7 @@ _STUDY_FIELDS = {
     "disk_budget_mb",
     "resolution",
     "seed_packing",
+    "gpus_per_trial",
 }
 _DESIGNS = ("full_factorial", "one_at_a_time", "fractional", "cells")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -86,6 +87,8 @@ class Study:
     disk_budget_mb: float = 0.0
     # Train the seeds of a cell in one trial with jax.vmap (no checkpoints).
     seed_packing: bool = False
+    # GPUs (or a fraction of one) per trial; 0 trains on CPUs.
+    gpus_per_trial: float = 0.0
 
     @property
     def base_dir(self) -> pathlib.Path:
@@ -233,9 +236,17 @@ def load_study(path: str | pathlib.Path) -> Study:
         retries=_non_negative(header, "retries", 1),
         checkpoint_every=_non_negative(header, "checkpoint_every", 100),
         keep_checkpoints=max(1, _non_negative(header, "keep_checkpoints", 2)),
-        disk_budget_mb=float(_non_negative(header, "disk_budget_mb", 0)),
+        disk_budget_mb=_non_negative_number(header, "disk_budget_mb"),
         seed_packing=_flag(header, "seed_packing"),
+        gpus_per_trial=_non_negative_number(header, "gpus_per_trial"),
     )
+
+
+def _non_negative_number(header: dict[str, Any], field: str) -> float:
+    value = header.get(field, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"study.{field}: expected a number of at least 0, got {value!r}.")
+    return float(value)
 
 
 def _flag(header: dict[str, Any], field: str) -> bool:

@@ -85,3 +85,12 @@ def test_analyze_writes_effects_table_and_chart(finished_study, capsys):
     assert (analysis / "effects.csv").exists()
     assert (analysis / "effects.png").stat().st_size > 1000
     assert "source_loss: on vs off" in capsys.readouterr().out
+
+
+def test_status_reports_finished_study(finished_study, capsys):
+    _, _, runs = finished_study
+
+    code = cli.main(["status", str(runs / "tiny")])
+
+    assert code == 0
+    assert "4/4 trials done, 0 running, 0 failed, 0 waiting" in capsys.readouterr().out
