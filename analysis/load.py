@@ -35,6 +35,8 @@ class StudyRuns:
     # Columns: run_id, trial, cell, status, failure, seed, one column per
     # factor and one per final metric value.
     runs: pl.DataFrame
+    # Cells the design asked for (factor -> level); None means the full factorial.
+    design_cells: list[dict[str, str]] | None = None
 
     @property
     def finished(self) -> pl.DataFrame:
@@ -67,9 +69,13 @@ class StudyRuns:
         """Return trials that the design asks for but that did not finish."""
         import itertools
 
+        if self.design_cells is not None:
+            cells = [tuple(cell[name] for name in self.factors) for cell in self.design_cells]
+        else:
+            cells = list(itertools.product(*self.factors.values()))
         expected = {
             ",".join(f"{name}={level}" for name, level in zip(self.factors, levels)) + f",seed={seed}"
-            for levels in itertools.product(*self.factors.values())
+            for levels in cells
             for seed in self.seeds
         }
         finished = set(self.finished["trial"].to_list()) if self.runs.height else set()
@@ -132,7 +138,9 @@ def load_study(study_dir: str | pathlib.Path, tracking_uri: str | None = None) -
             }
         )
     )
-    return StudyRuns(name, uri, parent.info.run_id, factors, seeds, frame)
+    cells = parent.data.tags.get(tracking.CELLS)
+    design_cells = json.loads(cells) if cells else None
+    return StudyRuns(name, uri, parent.info.run_id, factors, seeds, frame, design_cells)
 
 
 def load_histories(study: StudyRuns, prefixes: tuple[str, ...] = ("train/",)) -> pl.DataFrame:

@@ -2,9 +2,9 @@
 
 A dataset is a folder of audio files plus one or more manifests (CSV or
 Parquet) with a row per recording. Rows whose file is absent and files
-without a row are reported and left out; the rest are decoded once with
-soundfile, mixed down to mono, resampled with soxr and stored in a cache that
-every trial of a study memory-maps instead of decoding again.
+without a row are reported and left out. The rest are decoded once with
+soundfile, mixed down to mono and resampled with soxr. They are stored in a
+cache that every trial of a study memory-maps instead of decoding again.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from pipeline import config as config_lib
 
 @dataclasses.dataclass
 class BenchOptions:
-    """What to measure and how long to spend on it."""
+    """Settings of one benchmark run: presets, step counts and output folder."""
 
     data_root: pathlib.Path
     output: pathlib.Path

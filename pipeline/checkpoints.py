@@ -1,6 +1,6 @@
 """Checkpoints of the training state with orbax, so a restarted trial continues.
 
-A checkpoint holds every leaf of `TrainState`: parameters, batch-norm
+A checkpoint contains every leaf of `TrainState`: parameters, batch-norm
 statistics, optimizer state, the step and the loop PRNG key. The data
 position needs no storage because batch `n` is a pure function of the seed
 and `n`. Only the last `keep` checkpoints are kept, and a study-wide disk

@@ -77,12 +77,21 @@ def _analyze(args: argparse.Namespace) -> int:
 
         study_dir = pathlib.Path(args.runs) / study_lib.load_study(study_dir).name
     output = report.analyze(study_dir, args.tracking_uri)
-    print(report.format_table(output.effects, ["eval/test/cmap", "eval/test/auroc", "eval/test/top1"]))
+    headline = [
+        "eval/test/cmap",
+        "eval/test/auroc",
+        "eval/test/top1",
+        "eval/transfer/linear_kall_auroc",
+        "eval/transfer/prototype_kall_auroc",
+        "eval/detection/cmap",
+    ]
+    print(report.format_table(output.effects, headline))
     if output.failed:
         print(f"{len(output.failed)} trials did not finish: {', '.join(output.failed)}")
     if output.missing:
         print(f"{len(output.missing)} trials of the design have no finished run: {', '.join(output.missing)}")
-    print("Wrote " + ", ".join(str(path) for path in output.files))
+    reports = [path for path in output.files if path.suffix in (".md", ".tex")]
+    print(f"Wrote {len(output.files)} files to {output.folder}: " + ", ".join(path.name for path in reports))
     return 0
 
 

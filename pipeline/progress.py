@@ -1,7 +1,7 @@
 """Progress of a study: trials done, running and failed, and the time left.
 
 `StudyProgress` is a Ray Tune callback that prints one line whenever a trial
-starts or ends; `status` computes the same figures from the MLflow store, for
+starts or ends. `status` computes the same figures from the MLflow store, for
 a study that is running elsewhere or has finished.
 """
 
@@ -94,7 +94,8 @@ def status(study_dir, tracking_uri: str | None = None) -> tuple[Counts, list[str
     from analysis import load
 
     study = load.load_study(study_dir, tracking_uri)
-    total = len(list(itertools.product(*study.factors.values()))) * max(1, len(study.seeds))
+    cells = study.design_cells if study.design_cells is not None else list(itertools.product(*study.factors.values()))
+    total = len(cells) * max(1, len(study.seeds))
     runs = study.runs
     statuses = runs["status"].to_list() if runs.height else []
     done = statuses.count("FINISHED")

@@ -84,8 +84,11 @@ def start_study(
         client.log_artifact(run_id, str(study_file))
     client.set_tag(run_id, DESIGN, design)
     if cells is not None:
-        client.log_text(run_id, json.dumps(cells), "design_cells.json")
-        client.set_tag(run_id, CELLS, json.dumps(cells)[:5000])
+        text = json.dumps(cells)
+        client.log_text(run_id, text, "design_cells.json")
+        # MLflow tags hold at most 5000 characters; larger designs keep only the artifact.
+        if len(text) <= 5000:
+            client.set_tag(run_id, CELLS, text)
     return experiment_id, run_id
 
 
