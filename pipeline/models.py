@@ -177,7 +177,9 @@ class PrototypeHead(nnx.Module):
     def __init__(self, channels: int, num_classes: int, per_class: int, *, rngs: nnx.Rngs):
         init = jax.nn.initializers.normal(1.0)
         self.prototypes = nnx.Param(init(rngs.params(), (num_classes, per_class, channels)))
-        # softplus(0.5413) = 1, so every prototype starts with weight 1.
+        # softplus(0.5413) = 1, so every prototype starts with weight 1. An
+        # explicit dtype keeps the array from being weakly typed, which would
+        # make the second training step compile again.
         self.raw_weights = nnx.Param(jnp.full((num_classes, per_class), 0.5413))
 
     def unit_prototypes(self) -> jax.Array:

@@ -244,7 +244,9 @@ def run_study(
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            # address="local" always starts a new instance, even where a
+            # cluster from `ray start` runs on this machine.
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     concurrency = max_concurrent or study.max_concurrent_trials or 0
     slots = int(ray.cluster_resources().get("CPU", 1) // study.cpus_per_trial)
     slots = min(slots, concurrency) if concurrency else slots

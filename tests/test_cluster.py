@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -46,23 +49,58 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _start_node(arguments: list[str], temp_dir: str, environment: dict[str, str]) -> subprocess.Popen:
+    """Start one Ray node in the foreground, in its own process group, so the test can stop just it."""
+    command = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", *arguments]
+    if temp_dir:
+        command.append(f"--temp-dir={temp_dir}")
+    return subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_for_nodes(address: str, count: int, timeout_seconds: float = 180) -> None:
+    import ray
+
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        try:
+            ray.init(address=address, log_to_driver=False)
+            alive = sum(1 for node in ray.nodes() if node["Alive"])
+            ray.shutdown()
+            if alive >= count:
+                return
+        except (ConnectionError, RuntimeError):
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"the Ray cluster at {address} did not reach {count} nodes in {timeout_seconds} s")
+
+
 @pytest.fixture
 def two_node_cluster(monkeypatch):
     # Nodes on one machine share no token file, so token authentication is off for this local cluster.
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    port = _free_port()
     environment = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *common], env=environment, check=True, capture_output=True)
+    port = _free_port()
+    # A short private folder keeps socket paths short and leaves other Ray instances alone.
+    temp_dir = tempfile.mkdtemp(prefix="ray")
+    head = _start_node(["--head", f"--port={port}", "--include-dashboard=false"], temp_dir, environment)
+    worker = None
     try:
-        subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", *common], env=environment, check=True, capture_output=True)
+        time.sleep(5)
+        worker = _start_node([f"--address=127.0.0.1:{port}"], "", environment)
+        _wait_for_nodes(f"127.0.0.1:{port}", 2)
         yield f"127.0.0.1:{port}"
     finally:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run([RAY, "stop", "--force"], env=environment, capture_output=True)
+        for node in (worker, head):
+            if node is not None and node.poll() is None:
+                os.killpg(node.pid, signal.SIGTERM)
+                try:
+                    node.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(node.pid, signal.SIGKILL)
 
 
 def test_trials_run_on_both_nodes(two_node_cluster, tmp_path):

@@ -305,3 +305,18 @@ def test_total_is_weighted_sum_of_terms(term_gradients):
         + weights.source_loss.weight * terms["source"]
     )
     assert terms["total"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["off", "on"])
+def test_train_step_keeps_state_signature(created, name):
+    model, state = created[name]
+
+    new_state, _ = jax.eval_shape(lambda state, batch: train.train_step(model, state, batch), state, _batch())
+
+    # A changed shape, dtype or weak type would make the next step compile again.
+    def signature(tree):
+        return [(leaf.shape, leaf.dtype, leaf.weak_type) for leaf in jax.tree.leaves(tree)]
+
+    before = signature(jax.eval_shape(lambda state: state, state))
+    assert signature(new_state) == before
+    assert not any(weak for _, _, weak in before)
