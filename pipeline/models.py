@@ -180,7 +180,7 @@ class PrototypeHead(nnx.Module):
         # softplus(0.5413) = 1, so every prototype starts with weight 1. An
         # explicit dtype keeps the array from being weakly typed, which would
         # make the second training step compile again.
-        self.raw_weights = nnx.Param(jnp.full((num_classes, per_class), 0.5413))
+        self.raw_weights = nnx.Param(jnp.full((num_classes, per_class), 0.5413, dtype=jnp.float32))
 
     def unit_prototypes(self) -> jax.Array:
         prototypes = self.prototypes[...]

@@ -25,6 +25,7 @@ from tests.conftest import small_config
 FIELD_VALUES = {
     "model.backbone": "small",
     "model.dropout_rate": 0.1,
+    "model.batch_norm_momentum": 0.99,
     "mixup.max_sources": 3,
     "mixup.alpha": 0.5,
     "mixup.beta": 2.0,

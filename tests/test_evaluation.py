@@ -250,7 +250,7 @@ def test_transfer_draws_are_reproducible(cicada_dataset):
 
 
 def test_run_tasks_runs_every_task(dataset, tmp_path):
-    config = small_config(**FAST_TRANSFER, **FAST_DETECTION)
+    config = small_config(**FAST_TRANSFER, **FAST_DETECTION, **{"eval.tasks": list(config_lib.EVAL_TASKS)})
     counting = CountingPredict(spectral_predict(dataset.num_classes))
 
     scores = evaluation.run_tasks(dataset, config, counting, tmp_path)
@@ -274,7 +274,12 @@ def test_run_tasks_on_two_class_dataset(tmp_path):
         tmp_path / "m.csv"
     )
     config = small_config(
-        **{"data.root": str(tmp_path), "data.manifests": ["m.csv"], "audio.window_seconds": 1.0},
+        **{
+            "data.root": str(tmp_path),
+            "data.manifests": ["m.csv"],
+            "audio.window_seconds": 1.0,
+            "eval.tasks": list(config_lib.EVAL_TASKS),
+        },
         **FAST_DETECTION,
     )
     dataset = data.prepare_dataset(config, tmp_path, tmp_path / "cache")

@@ -16,7 +16,7 @@ from flax import nnx
 
 from pipeline import models
 from pipeline.config import from_dict
-from pipeline.presets import PRESETS
+from pipeline.presets import PRESETS, BackbonePreset
 
 # Parameters (nnx.Param) of each backbone, without any head and without
 # batch-norm statistics. A change here changes every study's results.
@@ -25,8 +25,15 @@ PARAMETER_COUNTS = {
     "small": 404_054,
     "efficientnet_b0": 4_006_972,
     "efficientnet_b3": 10_695_512,
+    "perch2_full": 10_695_512,  # another name for efficientnet_b3
 }
-EMBEDDING_CHANNELS = {"tiny": 128, "small": 384, "efficientnet_b0": 1280, "efficientnet_b3": 1536}
+EMBEDDING_CHANNELS = {
+    "tiny": 128,
+    "small": 384,
+    "efficientnet_b0": 1280,
+    "efficientnet_b3": 1536,
+    "perch2_full": 1536,
+}
 FIVE_SECONDS = jax.ShapeDtypeStruct((1, 500, 128), jnp.float32)  # [batch, frames, mel_bins]
 
 
@@ -36,9 +43,9 @@ def _abstract_classifier(backbone: str, **overrides) -> models.Classifier:
 
 
 @functools.cache
-def _plain_classifier(backbone: str) -> models.Classifier:
-    """Build each preset's abstract classifier once: tracing B3's constructor takes seconds."""
-    return _abstract_classifier(backbone)
+def _abstract_backbone(preset: BackbonePreset) -> models.Backbone:
+    """Build each preset's abstract backbone once: tracing B3's constructor takes seconds."""
+    return nnx.eval_shape(lambda: models.Backbone(preset, rngs=nnx.Rngs(0)))
 
 
 def _output_shapes(network: nnx.Module, features: jax.ShapeDtypeStruct, training: bool) -> dict:
@@ -52,28 +59,37 @@ def _output_shapes(network: nnx.Module, features: jax.ShapeDtypeStruct, training
 
 def test_every_preset_has_a_pinned_count():
     assert set(PARAMETER_COUNTS) == set(PRESETS)
+    assert set(EMBEDDING_CHANNELS) == set(PRESETS)
 
 
 @pytest.mark.parametrize("name", sorted(PARAMETER_COUNTS))
 def test_preset_parameter_count(name):
-    backbone = _plain_classifier(name).backbone
+    backbone = _abstract_backbone(PRESETS[name])
 
     assert models.count_parameters(backbone) == PARAMETER_COUNTS[name]
 
 
 @pytest.mark.parametrize("name", sorted(EMBEDDING_CHANNELS))
 def test_five_seconds_give_16_by_4_embedding(name):
-    outputs = _output_shapes(_plain_classifier(name), FIVE_SECONDS, training=False)
+    backbone = _abstract_backbone(PRESETS[name])
+    graphdef, state = nnx.split(backbone)
 
-    channels = EMBEDDING_CHANNELS[name]
-    assert outputs["spatial"].shape == (1, 16, 4, channels)
-    assert outputs["embedding"].shape == (1, channels)
+    spatial = jax.eval_shape(lambda state, x: nnx.merge(graphdef, state)(x, training=False), state, FIVE_SECONDS)
+
+    assert spatial.shape == (1, 16, 4, EMBEDDING_CHANNELS[name])  # [batch, time, frequency, channels]
+
+
+def test_classifier_pools_spatial_embedding():
+    outputs = _output_shapes(_abstract_classifier("tiny"), FIVE_SECONDS, training=False)
+
+    assert outputs["spatial"].shape == (1, 16, 4, 128)
+    assert outputs["embedding"].shape == (1, 128)
     assert outputs["logits"].shape == (1, 32)
 
 
 def test_b3_stem_is_3x3_stride_2_valid():
     preset = PRESETS["efficientnet_b3"]
-    stem = _plain_classifier("efficientnet_b3").backbone.stem
+    stem = _abstract_backbone(preset).stem
     graphdef, state = nnx.split(stem)
 
     shape = jax.eval_shape(
@@ -88,7 +104,7 @@ def test_b3_stem_is_3x3_stride_2_valid():
 
 
 def test_disabled_heads_have_no_parameters():
-    plain = _plain_classifier("tiny")
+    plain = _abstract_classifier("tiny")
     full = _abstract_classifier(
         "tiny",
         prototype={"enabled": True, "prototypes_per_class": 3},
