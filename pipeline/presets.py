@@ -108,13 +108,14 @@ PRESETS["perch2_full"] = PRESETS["efficientnet_b3"]
 
 
 # Training examples per second on one CPU core (one trial, XLA on one
-# thread), for the cost estimate of `ablate plan`. The tiny value was
-# measured on a 2-core x86-64 machine with jax 0.10; the others are scaled
-# from `ablate bench` runs on the same machine.
+# thread), for the cost estimate of `ablate plan`. The tiny and small values
+# were measured on a 2-core x86-64 machine with jax 0.10. The small preset
+# took 4.7 s of CPU per jitted train_step of 16 windows there. The others are
+# scaled from `ablate bench` runs on the same machine.
 # NOTE: these are estimates; rerun `ablate bench` on your machine for yours.
 CPU_EXAMPLES_PER_SECOND = {
     "tiny": 33.0,
-    "small": 10.0,
+    "small": 3.4,
     "efficientnet_b0": 1.5,
     "efficientnet_b3": 0.5,
     "perch2_full": 0.5,
