@@ -127,6 +127,7 @@ class TrialRun:
         self.client = MlflowClient(uri)
         self.run_id = self._open(experiment_id, parent_run_id, payload)
         self.last_step = 0
+        self._logged_at_last_step: dict[str, float] = {}
 
     def _open(self, experiment_id: str, parent_run_id: str, payload: dict[str, Any]) -> str:
         config_hash = payload["config_hash"]
@@ -161,10 +162,18 @@ class TrialRun:
         return run.info.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int | None) -> None:
-        """Log scalar metrics; final metrics (step None) go at the last step seen."""
+        """Log scalar metrics; final metrics (step None) go at the last step seen.
+
+        A final metric already logged at that step with the same value is not
+        logged twice, so learning curves keep one point per step.
+        """
         if step is None:
             step = self.last_step
-        self.last_step = max(self.last_step, step)
+            metrics = {key: value for key, value in metrics.items() if self._logged_at_last_step.get(key) != value}
+        elif step > self.last_step:
+            self.last_step = step
+            self._logged_at_last_step = {}
+        self._logged_at_last_step.update(metrics)
         now = int(time.time() * 1000)
         rows = [
             Metric(key, float(value), now, step)
