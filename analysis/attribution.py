@@ -257,7 +257,7 @@ def _table(
     estimable: np.ndarray,
     intervals: bootstrap.Intervals | None,
 ) -> pl.DataFrame:
-    """Return one row per estimand; `intervals` holds the estimable rows, in order."""
+    """Return one row per estimand; `intervals` contains the estimable rows, in order."""
     rows = []
     position = np.cumsum(estimable) - 1
     for row, item in enumerate(estimands.items):

@@ -22,6 +22,17 @@ def is_count_metric(name: str) -> bool:
     return any(last == word or last.endswith("_" + word) for word in _COUNT_WORDS)
 
 
+# Columns every trial row has, before its factor and metric columns.
+RUN_COLUMNS = {
+    "run_id": pl.String,
+    "trial": pl.String,
+    "cell": pl.String,
+    "status": pl.String,
+    "failure": pl.String,
+    "seed": pl.Int64,
+}
+
+
 @dataclasses.dataclass
 class StudyRuns:
     """Every trial of a study, one row each, with the study's factors."""
@@ -66,7 +77,7 @@ class StudyRuns:
         ]
 
     def missing_cells(self) -> list[str]:
-        """Return trials that the design asks for but that did not finish."""
+        """Return the trials of the design that have no finished run."""
         import itertools
 
         if self.design_cells is not None:
@@ -127,16 +138,7 @@ def load_study(study_dir: str | pathlib.Path, tracking_uri: str | None = None) -
     frame = (
         pl.DataFrame(rows, infer_schema_length=None)
         if rows
-        else pl.DataFrame(
-            schema={
-                "run_id": pl.String,
-                "trial": pl.String,
-                "cell": pl.String,
-                "status": pl.String,
-                "failure": pl.String,
-                "seed": pl.Int64,
-            }
-        )
+        else pl.DataFrame(schema=RUN_COLUMNS)
     )
     cells = parent.data.tags.get(tracking.CELLS)
     design_cells = json.loads(cells) if cells else None

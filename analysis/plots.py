@@ -110,7 +110,7 @@ def forest(attribution: pl.DataFrame, metrics: list[str], stem: pathlib.Path) ->
     """Draw each component's main effect, Shapley value, leave-one-out and add-one-in with 95% intervals.
 
     One panel per metric. Filled markers are resolved after the Holm
-    adjustment; open markers cannot be told apart from seed noise.
+    adjustment; open markers are not distinguishable from seed noise.
     """
     metrics = [metric for metric in metrics if not _rows(attribution, metric, "main").is_empty()]
     if not metrics:

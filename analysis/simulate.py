@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 from pydoe import fracfact
 
+from analysis import load
 from analysis.design import Design
 from analysis.estimands import build_estimands
 
@@ -154,14 +155,7 @@ def simulate_study(
                     None if failed else float(means[metric][cell] + seed_effects[metric][position] + noise)
                 )
             rows.append(row)
-    schema = {
-        "run_id": pl.String,
-        "trial": pl.String,
-        "cell": pl.String,
-        "status": pl.String,
-        "failure": pl.String,
-        "seed": pl.Int64,
-    }
+    schema = dict(load.RUN_COLUMNS)
     schema.update({name: pl.String for name in design.names})
     schema.update({metric: pl.Float64 for metric in metrics})
     return SimulatedStudy(

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the recordings are and how the manifest describes them."""
+    """Location of the recordings and the manifest columns that describe them."""
 
     # Folder with the audio files, flat or one folder per class. A relative
     # path is resolved against the folder of the study file.
@@ -156,7 +156,7 @@ class LabelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class WindowConfig:
-    """How a training window is cut from a recording."""
+    """Window selection: the rule that cuts a training window from a recording."""
 
     # "random" offset, or "peak": centred on an energy peak picked by
     # `pipeline.data.energy_peaks`.
@@ -167,7 +167,7 @@ class WindowConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SubsetConfig:
-    """Which training recordings a run sees. Evaluation data never changes.
+    """Training-set filter: the recordings a run trains on. Evaluation data never changes.
 
     The filters apply in field order, and an empty filter keeps every row.
     """

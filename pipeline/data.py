@@ -3,7 +3,7 @@
 `prepare_dataset` reads the manifests, decodes (or opens the cached) audio,
 fixes the class list and applies the training subset. `train_batches` cuts
 5-second windows from training recordings, one batch per step; a batch is a
-pure function of the seed and the step, so a resumed run sees the same data.
+pure function of the seed and the step, so a resumed run reads the same data.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _split_labels(text: str) -> list[str]:
 def prepare_dataset(config: Config, base_dir: pathlib.Path, cache_dir: pathlib.Path) -> Dataset:
     """Read, decode and split the data a run trains and evaluates on.
 
-    `base_dir` resolves a relative `data.root`; `cache_dir` holds decoded
+    `base_dir` resolves a relative `data.root`; `cache_dir` stores decoded
     audio unless `data.cache_dir` names another folder.
     """
     root = resolve_root(config, base_dir)

@@ -66,7 +66,7 @@ def start_study(
     """Create or reopen the study's experiment and parent run; returns their ids.
 
     The parent run records the design, its cells and the seeds, so the
-    analysis knows which trials the design asked for.
+    analysis can list the trials the design requires.
     """
     client = MlflowClient(uri)
     experiment_id = _experiment_id(client, name, artifact_root)
