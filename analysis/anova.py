@@ -14,6 +14,7 @@ import pandas as pd
 import polars as pl
 import statsmodels.formula.api as smf
 from statsmodels.stats.anova import anova_lm
+from statsmodels.tools.sm_exceptions import ValueWarning
 
 from analysis.design import Design, alias_structure
 
@@ -68,12 +69,17 @@ def _metric_anova(runs: pl.DataFrame, design: Design, metric: str) -> pl.DataFra
         terms["C(seed_block, Sum)"] = SEED_TERM
     formula = "value ~ " + (" + ".join(right_side) if right_side else "1")
 
+    total = float(((frame["value"] - frame["value"].mean()) ** 2).sum())
+    if frame["value"].nunique() <= 1:
+        # A constant metric, such as a count of classes, has no variance to split.
+        return pl.DataFrame(schema=SCHEMA)
     with warnings.catch_warnings():
-        # A saturated model (one seed) has no residual degrees of freedom.
+        # A saturated model (one seed) has no residual degrees of freedom,
+        # and its Wald tests of rank 0 add a ValueWarning per term.
         warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", ValueWarning)
         fit = smf.ols(formula, data=frame).fit()
         table = anova_lm(fit, typ=2)
-    total = float(((frame["value"] - frame["value"].mean()) ** 2).sum())
     rows = []
     for label, record in table.iterrows():
         rows.append(

@@ -270,10 +270,11 @@ def task_bars(attribution: pl.DataFrame, metrics: list[str], stem: pathlib.Path)
     if not tasks:
         return []
     with plt.rc_context(PAPER_STYLE):
-        figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 0.5, 2.8), squeeze=False)
+        figure, axes = plt.subplots(
+            1, len(tasks), figsize=(3.2 * len(tasks) + 0.5, 2.8), squeeze=False, layout="constrained"
+        )
         for axis, (task, task_metrics) in zip(axes[0], tasks.items()):
             _task_panel(axis, attribution, task, task_metrics)
-        figure.tight_layout()
         return save(figure, stem)
 
 

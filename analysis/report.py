@@ -10,6 +10,14 @@ import polars as pl
 from analysis import anova, attribution, bootstrap, document, load, plots, summary
 
 HEADLINE_METRICS = ["eval/test/cmap", "eval/test/auroc", "eval/test/top1"]
+# One or two summary metrics per evaluation task, for the terminal table and
+# the per-task chart; the CSV files and report.md keep every metric.
+TASK_METRICS = [
+    *HEADLINE_METRICS,
+    "eval/transfer/linear_kall_auroc",
+    "eval/transfer/prototype_kall_auroc",
+    "eval/detection/cmap",
+]
 
 
 @dataclasses.dataclass
@@ -126,7 +134,7 @@ def _draw_figures(folder, study, finished, table, metrics) -> dict[str, list[pat
     # The forest plot keeps the path of the earlier effects chart, analysis/effects.png.
     figures["Effects with 95% intervals"] = plots.forest(table, headline, folder / "effects")
     figures["Main effects per evaluation task"] = plots.task_bars(
-        table, metrics, figures_dir / "task_effects"
+        table, [metric for metric in TASK_METRICS if metric in metrics] or metrics[:3], figures_dir / "task_effects"
     )
     histories = load.load_histories(study)
     figures["Learning curves per cell"] = plots.learning_curves(histories, figures_dir / "learning_curves")
@@ -153,11 +161,18 @@ def format_table(table: pl.DataFrame, metrics: list[str] | None = None) -> str:
     if metrics:
         table = table.filter(pl.col("metric").is_in(metrics))
     decimals = document.decimals_for(table) if table.height else 3
-    lines = [f"{'metric':<24} {'component':<30} {'effect':>9} {'95% CI':>20} {'Holm p':>8} {'seeds':>5}"]
-    for row in table.iter_rows(named=True):
-        component = f"{row['factor']}: {row['level']} vs {row['reference']}"
+    rows = list(table.iter_rows(named=True))
+    components = [f"{row['factor']}: {row['level']} vs {row['reference']}" for row in rows]
+    metric_width = max([24, *(len(row["metric"]) for row in rows)])
+    component_width = max([30, *(len(component) for component in components)])
+    lines = [
+        f"{'metric':<{metric_width}} {'component':<{component_width}} {'effect':>9} {'95% CI':>20} {'Holm p':>8} {'seeds':>5}"
+    ]
+    for row, component in zip(rows, components):
         if row["effect"] is None:
-            lines.append(f"{row['metric']:<24} {component:<30} declined: {row.get('note') or 'no estimate'}")
+            lines.append(
+                f"{row['metric']:<{metric_width}} {component:<{component_width}} declined: {row.get('note') or 'no estimate'}"
+            )
             continue
         effect = document.number(row["effect"], decimals)
         interval = (
@@ -165,6 +180,6 @@ def format_table(table: pl.DataFrame, metrics: list[str] | None = None) -> str:
         )
         p_holm = document.p_value(row.get("p_holm")) + ("*" if row.get("resolved") else " ")
         lines.append(
-            f"{row['metric']:<24} {component:<30} {effect:>9} {interval:>20} {p_holm:>8} {row['seeds']:>5}"
+            f"{row['metric']:<{metric_width}} {component:<{component_width}} {effect:>9} {interval:>20} {p_holm:>8} {row['seeds']:>5}"
         )
     return "\n".join(lines)

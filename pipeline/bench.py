@@ -35,6 +35,10 @@ class BenchOptions:
     pack_seeds: int = 3
     study_steps: int = 40
     run_study: bool = True
+    # A study file to run and measure instead of the built-in small study.
+    study_file: pathlib.Path | None = None
+    # A finished study's folder to measure without running anything.
+    study_dir: pathlib.Path | None = None
 
 
 def _machine() -> dict[str, Any]:
@@ -47,6 +51,7 @@ def _machine() -> dict[str, Any]:
         "jax": jax.__version__,
         "devices": [str(device) for device in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_average": " ".join(f"{value:.2f}" for value in os.getloadavg()),
     }
 
 
@@ -152,17 +157,87 @@ def bench_packing(options: BenchOptions) -> dict[str, Any]:
     return {"seeds": len(configs), "separate_examples_per_second": separate, "packed_examples_per_second": packed, "ratio": packed / separate}
 
 
-def bench_study(options: BenchOptions) -> dict[str, Any]:
-    """Run a small study and compare its wall time with its trials' own training time."""
+# The parts of a trial that are its own work, as the trainer times them.
+TRIAL_WORK = ("time/data_seconds", "time/init_seconds", "time/compile_seconds", "time/train_seconds", "time/eval_seconds")
+
+
+def _peak_concurrency(spans: list[tuple[float, float]]) -> int:
+    """Return the maximum number of spans (start, end) that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    peak = running = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+def study_overhead(study_dir: pathlib.Path, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Split a finished study's trial-slot time into trial work and overhead, from its MLflow records.
+
+    Capacity is the study's wall time times its trial slots. Trial work is
+    what the trainer timed inside each trial (data, compilation, training,
+    evaluation, and model initialisation). The rest is overhead: starting the study (Ray, audio
+    cache), each trial's start-up and tracking outside its timed work, the
+    gaps between trials and the idle slots while the last trials finish.
+    """
+    from mlflow.tracking import MlflowClient
+
     from analysis import load
+    from pipeline import tracking
+
+    runs = load.load_study(study_dir, tracking_uri)
+    client = MlflowClient(runs.tracking_uri)
+    parent = client.get_run(runs.parent_run_id)
+    children = [client.get_run(run_id) for run_id in runs.finished["run_id"].to_list()]
+    if not children:
+        raise ValueError(f"study {study_dir} has no finished trials to measure; run it with `ablate run` first.")
+    spans = [(run.info.start_time / 1000, run.info.end_time / 1000) for run in children]
+    slots = int(parent.data.metrics.get("study/slots", 0)) or _peak_concurrency(spans)
+    wall = parent.data.metrics.get("study/wall_seconds") or (parent.info.end_time - parent.info.start_time) / 1000
+    work = {key: sum(run.data.metrics.get(key, 0.0) for run in children) for key in TRIAL_WORK}
+    trial_seconds = sum(end - start for start, end in spans)
+    capacity = wall * slots
+    busy = sum(work.values())
+    compiles = [run.data.metrics.get("compile/slow_compiles") for run in children]
+    cells = {run.data.tags.get(tracking.CELL, "") for run in children}
+    result = {
+        "study": str(study_dir),
+        "trials": len(children),
+        "cells": len(cells),
+        "slots": slots,
+        "wall_seconds": wall,
+        "capacity_seconds": capacity,
+        **{f"sum_{key.removeprefix('time/')}": value for key, value in work.items()},
+        "trial_run_seconds": trial_seconds,
+        "start_seconds": min(start for start, _ in spans) - parent.info.start_time / 1000,
+        "overhead_share": 1.0 - busy / capacity,
+        "overhead_share_counting_compile": 1.0 - (busy - work["time/compile_seconds"]) / capacity,
+        "inside_trials_share": (trial_seconds - busy) / capacity,
+        "between_trials_share": (capacity - trial_seconds) / capacity,
+        "eval_share_of_training": work["time/eval_seconds"] / max(work["time/train_seconds"], 1e-9),
+        "max_eval_share_of_training": max(
+            run.data.metrics.get("time/eval_seconds", 0.0) / max(run.data.metrics.get("time/train_seconds", 0.0), 1e-9)
+            for run in children
+        ),
+    }
+    if all(count is not None for count in compiles):
+        result["slow_compiles"] = int(sum(compiles))
+        result["trials_that_compiled"] = sum(1 for count in compiles if count > 0)
+    return result
+
+
+def bench_study(options: BenchOptions) -> dict[str, Any]:
+    """Run a study (by default a small built-in one) and split its wall time into trial work and overhead."""
     from pipeline import runner
     from pipeline import study as study_lib
 
     folder = options.output / "study"
     folder.mkdir(parents=True, exist_ok=True)
-    study_file = folder / "bench.toml"
-    study_file.write_text(
-        f"""[study]
+    study_file = options.study_file
+    if study_file is None:
+        study_file = folder / "bench.toml"
+        study_file.write_text(
+            f"""[study]
 name = "bench"
 seeds = [0, 1]
 [config.data]
@@ -173,35 +248,80 @@ log_every = 10
 [factors]
 source_loss = ["off", "on"]
 """
-    )
+        )
     study = study_lib.load_study(study_file)
     result = runner.run_study(study, folder / "runs")
-    runs = load.load_study(result.study_dir).finished
-    train_seconds = float(runs["time/train_seconds"].sum())
-    eval_seconds = float(runs["time/eval_seconds"].sum())
-    compile_seconds = float(runs["time/compile_seconds"].sum())
-    slots = max(1, int((os.cpu_count() or 1) // study.cpus_per_trial))
-    capacity = result.wall_seconds * slots
-    return {
-        "trials": len(study.trials),
-        "parallel_slots": slots,
-        "wall_seconds": result.wall_seconds,
-        "sum_train_seconds": train_seconds,
-        "sum_eval_seconds": eval_seconds,
-        "sum_compile_seconds": compile_seconds,
-        "overhead_share": 1.0 - (train_seconds + eval_seconds) / capacity,
-        "overhead_share_excluding_compile": 1.0 - (train_seconds + eval_seconds + compile_seconds) / capacity,
-    }
+    return study_overhead(result.study_dir, result.tracking_uri)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return each speed target with its measured value and whether it is met."""
+    rows = []
+    tiny = next((row for row in results.get("presets", []) if row["preset"] == "tiny"), None)
+    if tiny and "input" in results:
+        ratio = results["input"]["examples_per_second"] / tiny["examples_per_second"]
+        rows.append(
+            {
+                "target": "input pipeline delivers at least 5x what the tiny preset consumes",
+                "measured": f"{ratio:.1f}x ({results['input']['examples_per_second']:.0f} against "
+                f"{tiny['examples_per_second']:.1f} examples/s)",
+                "met": ratio >= 5.0,
+            }
+        )
+    study = results.get("study")
+    if study:
+        rows.append(
+            {
+                "target": "orchestration and tracking take at most 10% of the study's trial slots",
+                "measured": f"{study['overhead_share']:.1%} of {study['wall_seconds']:.0f} s x {study['slots']} slots",
+                "met": study["overhead_share"] <= 0.10,
+            }
+        )
+        if "trials_that_compiled" in study:
+            rows.append(
+                {
+                    "target": "each program shape compiled once per study, not once per trial",
+                    "measured": f"{study['trials_that_compiled']} of {study['trials']} trials compiled "
+                    f"({study['slow_compiles']} programs) for {study['cells']} cells",
+                    "met": study["trials_that_compiled"] <= study["cells"],
+                }
+            )
+        rows.append(
+            {
+                "target": "evaluation costs under 20% of a trial's training time",
+                "measured": f"mean {study['eval_share_of_training']:.1%}, worst trial {study['max_eval_share_of_training']:.1%}",
+                "met": study["max_eval_share_of_training"] < 0.20,
+            }
+        )
+    if "packing" in results:
+        ratio = results["packing"]["ratio"]
+        rows.append(
+            {
+                "target": "seed packing gives more throughput than separate trials",
+                "measured": f"ratio {ratio:.2f} with {results['packing']['seeds']} seeds",
+                "met": ratio > 1.0,
+            }
+        )
+    return rows
 
 
 def _markdown(results: dict[str, Any]) -> str:
+    machine = results["machine"]
     lines = [
         "# Benchmark",
         "",
         f"Command: `{results['command']}`",
         f"Date: {results['date']}",
-        f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs, "
-        f"jax {results['machine']['jax']}, devices {', '.join(results['machine']['devices'])}",
+        f"Machine: {machine['platform']}, {machine['cpus']} CPUs, load average {machine.get('load_average', '?')} at the start, "
+        f"jax {machine['jax']}, devices {', '.join(machine['devices'])}",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {row['target']} | {row['measured']} | {'yes' if row['met'] else 'NO'} |" for row in targets(results)]
+    lines += [
         "",
         "## Training throughput per preset (one process, all CPUs)",
         "",
@@ -214,11 +334,9 @@ def _markdown(results: dict[str, Any]) -> str:
             f"{row['step_seconds']:.3f} | {row['compile_seconds']:.1f} |"
         )
     if "input" in results:
-        tiny = next((row for row in results.get("presets", []) if row["preset"] == "tiny"), None)
-        ratio = results["input"]["examples_per_second"] / tiny["examples_per_second"] if tiny else float("nan")
-        lines += ["", f"Input pipeline alone: {results['input']['examples_per_second']:.0f} examples/s, {ratio:.1f}x what the tiny preset consumes."]
+        lines += ["", f"Input pipeline alone: {results['input']['examples_per_second']:.0f} examples/s."]
     if "evaluation" in results:
-        lines += ["", f"Evaluation of one tiny-preset trial ({', '.join(results['evaluation']['tasks'])}): {results['evaluation']['seconds']:.1f} s."]
+        lines += ["", f"Evaluation of one tiny-preset model ({', '.join(results['evaluation']['tasks'])}): {results['evaluation']['seconds']:.1f} s."]
     if "packing" in results:
         packed = results["packing"]
         lines += [
@@ -230,10 +348,23 @@ def _markdown(results: dict[str, Any]) -> str:
         study = results["study"]
         lines += [
             "",
-            f"Small study ({study['trials']} trials, {study['parallel_slots']} at a time): wall {study['wall_seconds']:.0f} s; "
-            f"trials trained {study['sum_train_seconds']:.0f} s, evaluated {study['sum_eval_seconds']:.0f} s and compiled "
-            f"{study['sum_compile_seconds']:.0f} s in all. Orchestration and tracking overhead: "
-            f"{study['overhead_share']:.0%} of the capacity, {study['overhead_share_excluding_compile']:.0%} without compilation.",
+            f"## Study {study['study']}",
+            "",
+            f"{study['trials']} trials of {study['cells']} cells, {study['slots']} at a time, in {study['wall_seconds']:.0f} s "
+            f"({study['capacity_seconds']:.0f} slot-seconds).",
+            "",
+            "| part | seconds | share of slot time |",
+            "|---|---|---|",
+        ]
+        for key in ("data", "init", "compile", "train", "eval"):
+            value = study.get(f"sum_{key}_seconds", 0.0)
+            lines.append(f"| trial {key} | {value:.0f} | {value / study['capacity_seconds']:.1%} |")
+        inside = study["inside_trials_share"] * study["capacity_seconds"]
+        between = study["between_trials_share"] * study["capacity_seconds"]
+        lines += [
+            f"| inside trial runs, outside timed work (model set-up, tracking, artifacts) | {inside:.0f} | {study['inside_trials_share']:.1%} |",
+            f"| between trial runs (study start {study['start_seconds']:.0f} s, trial start-up, idle slots at the end) | {between:.0f} | "
+            f"{study['between_trials_share']:.1%} |",
         ]
     return "\n".join(lines) + "\n"
 
@@ -255,8 +386,12 @@ def run(options: BenchOptions) -> dict[str, Any]:
     print(f"Evaluation: {results['evaluation']['seconds']:.1f} s", flush=True)
     results["packing"] = bench_packing(options)
     print(f"Seed packing ratio: {results['packing']['ratio']:.2f}", flush=True)
-    if options.run_study:
+    if options.study_dir is not None:
+        results["study"] = study_overhead(options.study_dir)
+    elif options.run_study:
         results["study"] = bench_study(options)
+    for row in targets(results):
+        print(f"{'met' if row['met'] else 'NOT MET'}: {row['target']}: {row['measured']}", flush=True)
     (options.output / "benchmark.json").write_text(json.dumps(results, indent=2))
     (options.output / "benchmark.md").write_text(_markdown(results))
     return results

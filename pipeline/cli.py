@@ -77,15 +77,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
         study_dir = pathlib.Path(args.runs) / study_lib.load_study(study_dir).name
     output = report.analyze(study_dir, args.tracking_uri)
-    headline = [
-        "eval/test/cmap",
-        "eval/test/auroc",
-        "eval/test/top1",
-        "eval/transfer/linear_kall_auroc",
-        "eval/transfer/prototype_kall_auroc",
-        "eval/detection/cmap",
-    ]
-    print(report.format_table(output.effects, headline))
+    print(report.format_table(output.effects, report.TASK_METRICS))
     if output.failed:
         print(f"{len(output.failed)} trials did not finish: {', '.join(output.failed)}")
     if output.missing:
@@ -139,7 +131,13 @@ def _bench(args: argparse.Namespace) -> int:
         presets=tuple(args.presets.split(",")),
         steps=args.steps,
         run_study=not args.no_study,
+        study_file=pathlib.Path(args.study) if args.study else None,
+        study_dir=pathlib.Path(args.study_dir) if args.study_dir else None,
     )
+    if options.study_dir is not None and not (options.study_dir / "mlflow.db").exists():
+        raise ConfigError(f"--study-dir {options.study_dir}: no mlflow.db there; pass a finished study's folder, such as runs/demo.")
+    if options.study_file is not None and not options.study_file.is_file():
+        raise ConfigError(f"--study {options.study_file}: no such study file; pass one such as ablations/demo.toml.")
     bench.run(options)
     print(f"Wrote {options.output / 'benchmark.json'} and {options.output / 'benchmark.md'}")
     return 0
@@ -182,9 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure training, input, evaluation and study overhead on this machine")
     bench.add_argument("--data-root", default="../shared/data/insectset32", help="InsectSet32 folder (default: ../shared/data/insectset32)")
     bench.add_argument("--output", default="runs/bench", help="folder for benchmark.json and benchmark.md (default: runs/bench)")
-    bench.add_argument("--presets", default="tiny,small,efficientnet_b0,efficientnet_b3", help="comma-separated backbone presets")
+    bench.add_argument("--presets", default="tiny,small,efficientnet_b0,perch2_full", help="comma-separated backbone presets")
     bench.add_argument("--steps", type=int, default=10, help="timed training steps per preset (default: 10)")
-    bench.add_argument("--no-study", action="store_true", help="skip the small study that measures orchestration overhead")
+    bench.add_argument("--no-study", action="store_true", help="skip the study that measures orchestration overhead")
+    bench.add_argument("--study", default=None, help="study file to run and measure instead of the built-in small study, such as ablations/demo.toml")
+    bench.add_argument("--study-dir", default=None, help="measure this finished study's folder (such as runs/demo) instead of running one")
     bench.set_defaults(handler=_bench)
     return parser
 

@@ -222,6 +222,10 @@ def run_study(
     )
     done = tracking.finished_hashes(uri, experiment_id, parent_run_id)
     pending = [trial for trial in study.trials if trial.config_hash not in done]
+    # Seed-major order: the first trials to start are different cells, so
+    # trials that run at once rarely compile the same program, and each
+    # later seed of a cell loads its programs from the compilation cache.
+    pending.sort(key=lambda trial: study.seeds.index(trial.seed))
     print(f"Study {study.name}: {len(study.trials)} trials, {len(study.trials) - len(pending)} already finished, {len(pending)} to run.")
     print(f"MLflow: {uri} (parent run {parent_run_id})")
     if not pending:
@@ -264,7 +268,10 @@ def run_study(
             "trial": tune.grid_search(_payloads(pending, study.seed_packing)),
             "context": context,
         },
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency or None, reuse_actors=False),
+        # Reused actors skip a new worker process and the jax import for
+        # every trial. Trials of a study ask for the same resources, so a
+        # reused worker keeps the right thread count.
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency or None, reuse_actors=True),
         run_config=tune.RunConfig(
             name=study.name,
             storage_path=str(study_dir / "ray"),
@@ -279,7 +286,8 @@ def run_study(
         trial_id = result.config["trial"]["trial_id"] if result.config else "?"
         if result.error is not None or (result.metrics or {}).get("failed"):
             failed.extend([payload["trial_id"] for payload in result.config["trial"]["packed"]] if "packed" in result.config["trial"] else [trial_id])
-    tracking.end_study(uri, parent_run_id, failed=len(failed))
+    wall_seconds = time.perf_counter() - began
+    tracking.end_study(uri, parent_run_id, failed=len(failed), wall_seconds=wall_seconds, slots=slots)
     return StudyResult(
-        study_dir, uri, parent_run_id, len(study.trials) - len(pending), len(pending) - len(failed), failed, time.perf_counter() - began
+        study_dir, uri, parent_run_id, len(study.trials) - len(pending), len(pending) - len(failed), failed, wall_seconds
     )

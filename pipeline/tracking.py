@@ -92,9 +92,14 @@ def start_study(
     return experiment_id, run_id
 
 
-def end_study(uri: str, run_id: str, failed: int) -> None:
+def end_study(uri: str, run_id: str, failed: int, wall_seconds: float | None = None, slots: int | None = None) -> None:
+    """Mark the parent run finished, with this session's wall time and trial slots."""
     client = MlflowClient(uri)
     client.set_tag(run_id, "ablate.failed_trials", str(failed))
+    if wall_seconds is not None:
+        client.log_metric(run_id, "study/wall_seconds", wall_seconds)
+    if slots is not None:
+        client.log_metric(run_id, "study/slots", float(slots))
     client.set_terminated(run_id, status="FINISHED")
 
 

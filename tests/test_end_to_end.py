@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import cli, tracking
+from pipeline import bench, cli, tracking
 from tests.conftest import INSECTSET32
 
 STUDY = f"""
@@ -94,3 +94,32 @@ def test_status_reports_finished_study(finished_study, capsys):
 
     assert code == 0
     assert "4/4 trials done, 0 running, 0 failed, 0 waiting" in capsys.readouterr().out
+
+
+def test_bench_splits_study_overhead(finished_study):
+    _, _, runs = finished_study
+
+    measured = bench.study_overhead(runs / "tiny")
+
+    assert measured["trials"] == 4
+    assert measured["cells"] == 2
+    assert measured["slots"] >= 1
+    assert measured["wall_seconds"] > 0
+    assert measured["sum_train_seconds"] > 0
+    assert measured["sum_eval_seconds"] > 0
+    assert abs(measured["inside_trials_share"] + measured["between_trials_share"] - measured["overhead_share"]) < 1e-9
+    assert 0.0 < measured["overhead_share"] < 1.0
+
+
+def test_later_seeds_hit_compilation_cache(finished_study):
+    _, _, runs = finished_study
+    client = MlflowClient(tracking.default_uri(runs / "tiny"))
+    experiment = client.get_experiment_by_name("tiny")
+    runs_by_seed = {"0": [], "1": []}
+    for run in client.search_runs([experiment.experiment_id], f"tags.`{tracking.ROLE}` = 'trial'"):
+        runs_by_seed[run.data.tags["seed"]].append(run.data.metrics)
+
+    # Trials start seed by seed, so seed 0 of each cell compiles first and
+    # seed 1 finds the training step in the shared cache.
+    assert all(metrics["compile/programs"] > 0 for metrics in runs_by_seed["0"] + runs_by_seed["1"])
+    assert sum(metrics["compile/cache_hits"] for metrics in runs_by_seed["1"]) > 0
