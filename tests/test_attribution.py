@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -422,3 +423,14 @@ def test_unknown_level_names_the_value():
 def test_factor_with_one_level_is_rejected():
     with pytest.raises(ValueError, match="at least two levels"):
         Design({"mixup": ["on"]})
+
+
+def test_anova_skips_constant_metric():
+    study = simulated(seeds=3, seed=2)
+    runs = study.runs.with_columns(pl.lit(32.0).alias("classes"))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shares = anova.anova_shares(runs, FACTORS, ["classes"])
+
+    assert shares.is_empty()
