@@ -108,15 +108,15 @@ PRESETS["perch2_full"] = PRESETS["efficientnet_b3"]
 
 
 # Training examples per second on one CPU core (one trial, XLA on one
-# thread), for the cost estimate of `ablate plan`. The tiny and small values
-# were measured on a 2-core x86-64 machine with jax 0.10. The small preset
-# took 4.7 s of CPU per jitted train_step of 16 windows there. The others are
-# scaled from `ablate bench` runs on the same machine.
-# NOTE: these are estimates; rerun `ablate bench` on your machine for yours.
+# thread), for the cost estimate of `ablate plan`, from a 2-core x86-64
+# machine with jax 0.10. Tiny: 44, measured inside the default study. Small:
+# 3.4, measured alone. EfficientNet-B0 and B3: half of what `ablate bench`
+# measured on both cores (4.2 and 1.5 at batch 4).
+# NOTE: these are estimates for other machines; rerun `ablate bench` for yours.
 CPU_EXAMPLES_PER_SECOND = {
-    "tiny": 33.0,
+    "tiny": 44.0,
     "small": 3.4,
-    "efficientnet_b0": 1.5,
-    "efficientnet_b3": 0.5,
-    "perch2_full": 0.5,
+    "efficientnet_b0": 2.1,
+    "efficientnet_b3": 0.75,
+    "perch2_full": 0.75,
 }
