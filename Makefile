@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/ablate analyze $(STUDY) --runs $(RUNS)
 
 test: setup
-	$(BIN)/python -m pytest -q --timeout=900
+	$(BIN)/python -m pytest -q --timeout=900 --durations=10
 
 clean:
 	rm -rf $(RUNS)
