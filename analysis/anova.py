@@ -74,11 +74,14 @@ def _metric_anova(runs: pl.DataFrame, design: Design, metric: str) -> pl.DataFra
         # A constant metric, such as a count of classes, has no variance to split.
         return pl.DataFrame(schema=SCHEMA)
     with warnings.catch_warnings():
-        # A saturated model (one seed) has no residual degrees of freedom,
-        # and its Wald tests of rank 0 add a ValueWarning per term.
+        # Wald tests of rank 0 add a ValueWarning per term.
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", ValueWarning)
         fit = smf.ols(formula, data=frame).fit()
+        if fit.df_resid < 1:
+            # One seed per cell leaves no residual to test against, so no
+            # term has an F-test and the split is left out.
+            return pl.DataFrame(schema=SCHEMA)
         table = anova_lm(fit, typ=2)
     rows = []
     for label, record in table.iterrows():

@@ -438,6 +438,14 @@ def validate(config: Config) -> None:
             f"train.steps and train.batch_size: must be positive, got {config.train.steps} "
             f"and {config.train.batch_size}."
         )
+    if not config.train.learning_rate > 0:
+        raise ConfigError(f"train.learning_rate: must be positive, got {config.train.learning_rate}.")
+    if config.train.warmup_steps < 0 or config.train.weight_decay < 0 or not config.train.gradient_clip_norm > 0:
+        raise ConfigError(
+            f"train.warmup_steps and train.weight_decay must be zero or positive and train.gradient_clip_norm "
+            f"positive, got {config.train.warmup_steps}, {config.train.weight_decay} and "
+            f"{config.train.gradient_clip_norm}."
+        )
     if config.train.batch_size < mixup.max_sources:
         raise ConfigError(
             f"train.batch_size ({config.train.batch_size}) must be at least mixup.max_sources "

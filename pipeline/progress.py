@@ -29,11 +29,14 @@ class Counts:
         return max(0, self.total - self.done - self.running - self.failed)
 
     def line(self) -> str:
-        left = "unknown" if self.seconds_left is None else _duration(self.seconds_left)
-        return (
+        counts = (
             f"{self.done}/{self.total} trials done, {self.running} running, {self.failed} failed, "
-            f"{self.pending} waiting; about {left} left"
+            f"{self.pending} waiting"
         )
+        if not self.running and not self.pending:
+            return counts + "; nothing left to run"
+        left = "unknown" if self.seconds_left is None else _duration(self.seconds_left)
+        return f"{counts}; about {left} left"
 
 
 def _duration(seconds: float) -> str:

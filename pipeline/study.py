@@ -134,7 +134,9 @@ def load_recipe(name: str, folder: pathlib.Path) -> dict[str, Any]:
     if not path.exists():
         known = sorted(p.stem for p in folder.glob("*.toml") if "recipe" in _read_toml(p))
         raise ConfigError(
-            f"study.baseline: recipe {name!r} not found at {path}; recipes in {folder}: {', '.join(known) or 'none'}."
+            f"study.baseline: recipe {name!r} not found at {path}; recipes in {folder}: {', '.join(known) or 'none'}. "
+            "Give the recipe's path instead (absolute, or relative to the study file, ending in .toml), "
+            "or keep the study beside its recipes in ablations/."
         )
     document = _read_toml(path)
     if "recipe" not in document:

@@ -434,3 +434,11 @@ def test_anova_skips_constant_metric():
         shares = anova.anova_shares(runs, FACTORS, ["classes"])
 
     assert shares.is_empty()
+
+
+def test_anova_skips_one_seed_study():
+    study = simulated(seeds=1, seed=3)
+
+    shares = anova.anova_shares(study.runs, FACTORS, ["m"])
+
+    assert shares.is_empty()

@@ -159,3 +159,11 @@ def test_explicit_cells_default_to_reference_levels(tmp_path):
 def test_bad_design_names_the_field(tmp_path, design, extra, message):
     with pytest.raises(ConfigError, match=message):
         load_study(_design_study(tmp_path, design, extra))
+
+
+def test_negative_learning_rate_rejected(tmp_path):
+    study_file = tmp_path / "bad.toml"
+    study_file.write_text('[study]\nname = "bad"\nseeds = [0]\n[factors]\n"train.learning_rate" = [0.001, -1.0]\n')
+
+    with pytest.raises(ConfigError, match="train.learning_rate: must be positive, got -1.0"):
+        load_study(study_file)
