@@ -100,13 +100,19 @@ def markdown_report(
     anova: pl.DataFrame,
     figures: dict[str, list[pathlib.Path]],
     folder: pathlib.Path,
+    summary_metrics: list[str] | None = None,
 ) -> str:
-    """Return the Markdown report of a study's attribution."""
+    """Return the Markdown report of a study's attribution.
+
+    `summary_metrics` (one or two per evaluation task) get a table of main
+    effects at the top; every metric has its own section below.
+    """
     parts = [
         f"# Attribution of study `{facts.name}`",
         "",
         _study_section(facts),
         "",
+        *_summary_section(summary, summary_metrics or []),
         METHODS,
         _design_section(attribution),
     ]
@@ -121,6 +127,39 @@ def markdown_report(
         )
     parts.append(_figures_section(figures, folder))
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _summary_section(summary: pl.DataFrame, metrics: list[str]) -> list[str]:
+    """Return a table of main effects, one row per component and one column per summary metric."""
+    metrics = [metric for metric in metrics if metric in set(summary["metric"].to_list())]
+    if not metrics:
+        return []
+    decimals = decimals_for(summary)
+    components = list(
+        dict.fromkeys(zip(summary["factor"].to_list(), summary["level"].to_list(), summary["reference"].to_list()))
+    )
+    lines = [
+        "## Summary",
+        "",
+        "Main effects with 95% intervals; `*` marks an effect resolved from seed noise (Holm p < 0.05).",
+        "",
+        "| component | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    for factor, level, reference in components:
+        cells = []
+        for metric in metrics:
+            rows = summary.filter(
+                (pl.col("metric") == metric) & (pl.col("factor") == factor) & (pl.col("level") == level)
+            )
+            if rows.is_empty():
+                cells.append("—")
+                continue
+            row = rows.row(0, named=True)
+            mark = " *" if row["resolved"] else ""
+            cells.append(with_interval(row["effect"], row["ci_low"], row["ci_high"], decimals) + mark)
+        lines.append(f"| {factor}: {level} vs {reference} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _study_section(facts: StudyFacts) -> str:

@@ -54,11 +54,16 @@ class StudyRuns:
         return self.runs.filter(pl.col("status") == "FINISHED")
 
     def metric_names(self) -> list[str]:
-        """Return the evaluation metrics, in-domain first."""
+        """Return the evaluation metrics, in-domain first.
+
+        Counts and the spreads of few-shot scores over probe draws (`*_std`)
+        describe the evaluation, not the model, so they are left out; they
+        stay in runs.csv.
+        """
         names = [
             column
             for column in self.runs.columns
-            if column.startswith("eval/") and not is_count_metric(column)
+            if column.startswith("eval/") and not is_count_metric(column) and not column.endswith("_std")
         ]
         return sorted(names, key=lambda name: (not name.startswith("eval/test/"), "window_" in name, name))
 

@@ -81,7 +81,7 @@ def analyze(
         resamples=table["resamples"].max(),
     )
     report_path = folder / "report.md"
-    report_path.write_text(document.markdown_report(facts, components, table, shares, figures, folder))
+    report_path.write_text(document.markdown_report(facts, components, table, shares, figures, folder, TASK_METRICS))
     latex_path = folder / "effects.tex"
     latex_path.write_text(document.latex_table(components, study.name))
     files += [report_path, latex_path]

@@ -172,8 +172,9 @@ def test_report_answers_each_component(analysis):
     assert "prototype=on,mixup=pairwise,seed=2 (FAILED: loss became NaN at step 5)" in text
     for metric in ("eval/test/cmap", "eval/test/auroc", "eval/transfer/auroc"):
         assert f"## {metric}" in text
+    sections = text.split("How to read this report", 1)[1]
     for component in ("prototype: on vs off", "mixup: pairwise vs off", "mixup: generalized vs off"):
-        assert text.count(f"| {component}") == 3, component
+        assert sections.count(f"| {component}") == 3, component
     assert "resolved from seed noise with 4 seeds" in text
     assert "seeds would resolve an effect of this size" in text
     assert "prototype:mixup (on:generalized)" in text
@@ -267,3 +268,11 @@ def test_figures_without_intervals(tmp_path):
     paths += plots.task_bars(table, ["eval/test/cmap"], tmp_path / "task_effects")
     assert len(paths) == 8
     assert all(path.stat().st_size > 1000 for path in paths)
+
+
+def test_report_starts_with_summary_table(analysis):
+    report_text = (analysis.folder / "report.md").read_text()
+
+    summary = report_text.split("## Summary", 1)[1].split("How to read this report", 1)[0]
+    assert "| component | eval/test/cmap | eval/test/auroc |" in summary
+    assert "| prototype: on vs off |" in summary
