@@ -57,7 +57,7 @@ class StudyRuns:
         """Return the evaluation metrics, in-domain first.
 
         Counts and the spreads of few-shot scores over probe draws (`*_std`)
-        describe the evaluation, not the model, so they are left out; they
+        describe the evaluation, not the model, so they are left out. They
         stay in runs.csv.
         """
         names = [
