@@ -69,10 +69,10 @@ def _metric_anova(runs: pl.DataFrame, design: Design, metric: str) -> pl.DataFra
         terms["C(seed_block, Sum)"] = SEED_TERM
     formula = "value ~ " + (" + ".join(right_side) if right_side else "1")
 
-    total = float(((frame["value"] - frame["value"].mean()) ** 2).sum())
     if frame["value"].nunique() <= 1:
         # A constant metric, such as a count of classes, has no variance to split.
         return pl.DataFrame(schema=SCHEMA)
+    total = float(((frame["value"] - frame["value"].mean()) ** 2).sum())
     with warnings.catch_warnings():
         # Wald tests of rank 0 add a ValueWarning per term.
         warnings.simplefilter("ignore", RuntimeWarning)

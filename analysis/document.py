@@ -135,9 +135,8 @@ def _summary_section(summary: pl.DataFrame, metrics: list[str]) -> list[str]:
     if not metrics:
         return []
     decimals = decimals_for(summary)
-    components = list(
-        dict.fromkeys(zip(summary["factor"].to_list(), summary["level"].to_list(), summary["reference"].to_list()))
-    )
+    rows = {(row["metric"], row["factor"], row["level"]): row for row in summary.iter_rows(named=True)}
+    components = dict.fromkeys(summary.select("factor", "level", "reference").rows())
     lines = [
         "## Summary",
         "",
@@ -149,13 +148,10 @@ def _summary_section(summary: pl.DataFrame, metrics: list[str]) -> list[str]:
     for factor, level, reference in components:
         cells = []
         for metric in metrics:
-            rows = summary.filter(
-                (pl.col("metric") == metric) & (pl.col("factor") == factor) & (pl.col("level") == level)
-            )
-            if rows.is_empty():
+            row = rows.get((metric, factor, level))
+            if row is None:
                 cells.append("—")
                 continue
-            row = rows.row(0, named=True)
             mark = " *" if row["resolved"] else ""
             cells.append(with_interval(row["effect"], row["ci_low"], row["ci_high"], decimals) + mark)
         lines.append(f"| {factor}: {level} vs {reference} | " + " | ".join(cells) + " |")

@@ -165,21 +165,19 @@ def format_table(table: pl.DataFrame, metrics: list[str] | None = None) -> str:
     components = [f"{row['factor']}: {row['level']} vs {row['reference']}" for row in rows]
     metric_width = max([24, *(len(row["metric"]) for row in rows)])
     component_width = max([30, *(len(component) for component in components)])
-    lines = [
-        f"{'metric':<{metric_width}} {'component':<{component_width}} {'effect':>9} {'95% CI':>20} {'Holm p':>8} {'seeds':>5}"
-    ]
+
+    def labels(metric: str, component: str) -> str:
+        return f"{metric:<{metric_width}} {component:<{component_width}}"
+
+    lines = [f"{labels('metric', 'component')} {'effect':>9} {'95% CI':>20} {'Holm p':>8} {'seeds':>5}"]
     for row, component in zip(rows, components):
         if row["effect"] is None:
-            lines.append(
-                f"{row['metric']:<{metric_width}} {component:<{component_width}} declined: {row.get('note') or 'no estimate'}"
-            )
+            lines.append(f"{labels(row['metric'], component)} declined: {row.get('note') or 'no estimate'}")
             continue
         effect = document.number(row["effect"], decimals)
         interval = (
             f"[{document.number(row['ci_low'], decimals)}, {document.number(row['ci_high'], decimals)}]"
         )
         p_holm = document.p_value(row.get("p_holm")) + ("*" if row.get("resolved") else " ")
-        lines.append(
-            f"{row['metric']:<{metric_width}} {component:<{component_width}} {effect:>9} {interval:>20} {p_holm:>8} {row['seeds']:>5}"
-        )
+        lines.append(f"{labels(row['metric'], component)} {effect:>9} {interval:>20} {p_holm:>8} {row['seeds']:>5}")
     return "\n".join(lines)

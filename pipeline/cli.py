@@ -137,9 +137,9 @@ def _bench(args: argparse.Namespace) -> int:
         study_dir=pathlib.Path(args.study_dir) if args.study_dir else None,
     )
     if options.study_dir is not None and not (options.study_dir / "mlflow.db").exists():
-        raise ConfigError(f"--study-dir {options.study_dir}: no mlflow.db there; pass a finished study's folder, such as runs/demo.")
+        raise ConfigError(f"--study-dir {options.study_dir}: mlflow.db not found; pass a finished study's folder, such as runs/demo.")
     if options.study_file is not None and not options.study_file.is_file():
-        raise ConfigError(f"--study {options.study_file}: no such study file; pass one such as ablations/demo.toml.")
+        raise ConfigError(f"--study {options.study_file}: study file not found; pass one such as ablations/demo.toml.")
     bench.run(options)
     print(f"Wrote {options.output / 'benchmark.json'} and {options.output / 'benchmark.md'}")
     return 0

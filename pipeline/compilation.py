@@ -2,7 +2,7 @@
 
 A study compiles each program shape once when its trials share JAX's
 persistent compilation cache: the first trial of a shape compiles, and the
-others load the compiled program from the cache in milliseconds. These
+others load the compiled program from the cache in a fraction of the time. These
 counts let a trial log how many programs it compiled and how many it
 loaded, so the benchmark can check that claim from a study's records.
 """
@@ -13,8 +13,8 @@ import dataclasses
 import threading
 
 # A compilation that takes at least this long is stored in the persistent
-# cache (`jax_persistent_cache_min_compile_time_secs` in the runner), so a
-# second one of the same program means the cache was not shared.
+# cache (the runner sets `jax_persistent_cache_min_compile_time_secs` to it),
+# so a second one of the same program means the cache was not shared.
 SLOW_SECONDS = 1.0
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"

@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any
 
-from pipeline import progress, tracking
+from pipeline import compilation, progress, tracking
 from pipeline import study as study_lib
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,11 @@ def _configure_worker(context: dict[str, Any]) -> None:
     # shape reuse one compilation. It is configured through the environment
     # so that it applies however jax was first imported in this worker.
     os.environ["JAX_COMPILATION_CACHE_DIR"] = context["compilation_cache"]
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(compilation.SLOW_SECONDS)
     import jax
 
     jax.config.update("jax_compilation_cache_dir", context["compilation_cache"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", compilation.SLOW_SECONDS)
 
 
 def run_trial(params: dict[str, Any]) -> None:
